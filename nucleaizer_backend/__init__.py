@@ -1,0 +1,21 @@
+"""nucleAIzer nucleus segmentation, usable on its own and from CellProfiler.
+
+Public API::
+
+    from nucleaizer_backend import segment, segment_image, estimate_size, load_model, evaluate
+    labels = segment(image)                 # (H, W) uint16/uint32, 0 = background
+    est = estimate_size(image)              # SizeEstimate: median_diameter (px), spread, ...
+    result = segment_image(image, diameter=18.0, device="cpu")   # SegmentationResult
+
+No CellProfiler import lives in this package.
+"""
+from . import evaluate
+from .errors import InputImageError, ModelFileError, NucleaizerError
+from .models.io import load_model
+from .segment import SegmentationResult, estimate_size, segment, segment_image
+from .size import SizeEstimate
+
+__version__ = "0.1.0"
+__all__ = ["segment", "segment_image", "estimate_size", "load_model", "evaluate",
+           "SegmentationResult", "SizeEstimate", "NucleaizerError", "InputImageError",
+           "ModelFileError"]

@@ -1,0 +1,212 @@
+"""The ``nucleaizer`` command: segment, estimate-size, train, evaluate.
+
+User mistakes (unreadable image, 3D stack, missing model) print one line and set the exit
+status; one bad image in a folder does not stop the others.
+"""
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+from .errors import NucleaizerError
+
+EXIT_USAGE, EXIT_SOME_FAILED = 2, 1
+
+
+def _fail(msg):
+    print(f"nucleaizer: error: {msg}", file=sys.stderr)
+
+
+def _progress_bar(total, desc):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="img" if desc != "train" else "step",
+                disable=None, mininterval=1.0 if sys.stderr.isatty() else 30.0)
+
+
+def cmd_segment(args):
+    from .imageio_utils import list_images, read_image, write_labels
+    from .segment import segment_image
+
+    paths = list_images(args.inputs)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    rows, failed = [], 0
+    bar = _progress_bar(len(paths), "segment")
+    for p in paths:
+        try:
+            r = segment_image(read_image(p), model=args.model, diameter=args.diameter,
+                              device=args.device, confidence=args.confidence)
+            write_labels(out / f"{p.stem}.tif", r.labels)
+            rows.append({"image": p.name, "nuclei": r.count, "diameter_px": round(r.diameter, 2),
+                         "scale": round(r.scale, 4),
+                         "size_reliable": "" if r.size_estimate is None else r.size_estimate.reliable,
+                         "seconds": round(r.seconds, 3), "error": ""})
+        except NucleaizerError as e:
+            if "model" in type(e).__name__.lower():
+                raise
+            failed += 1
+            _fail(str(e))
+            rows.append({"image": p.name, "nuclei": "", "diameter_px": "", "scale": "",
+                         "size_reliable": "", "seconds": "", "error": str(e)})
+        bar.update(1)
+    bar.close()
+    _write_csv(out / "summary.csv", rows)
+    print(f"{len(paths) - failed} of {len(paths)} images segmented; labels and summary.csv in {out}")
+    return EXIT_SOME_FAILED if failed else 0
+
+
+def cmd_estimate_size(args):
+    from .imageio_utils import list_images, read_image
+    from .segment import estimate_size
+
+    rows, failed = [], 0
+    for p in list_images(args.inputs):
+        try:
+            e = estimate_size(read_image(p), model=args.model, device=args.device)
+            rows.append({"image": p.name, "median_diameter_px": round(e.median_diameter, 2),
+                         "spread": round(e.spread, 3), "count": e.count, "reliable": e.reliable})
+            print(f"{p.name}\t{e.median_diameter:.1f} px\t(spread {e.spread:.2f}, "
+                  f"{e.count} nuclei{'' if e.reliable else ', UNRELIABLE'})")
+        except NucleaizerError as err:
+            if "model" in type(err).__name__.lower():
+                raise
+            failed += 1
+            _fail(str(err))
+    if args.csv:
+        _write_csv(args.csv, rows)
+    return EXIT_SOME_FAILED if failed else 0
+
+
+def cmd_train(args):
+    from .train.loop import TrainConfig, train
+
+    cfg = TrainConfig(data=args.data, val=args.val, out=args.out, kind=args.kind,
+                      steps=args.steps, batch_size=args.batch_size, crop=args.crop, lr=args.lr,
+                      warmup=args.warmup, checkpoint_every=args.checkpoint_every,
+                      val_every=args.val_every, val_limit=args.val_limit, seed=args.seed,
+                      threads=args.threads, init=args.init)
+    bar = _progress_bar(args.steps, "train")
+
+    def progress(step, total, info):
+        bar.n = step
+        bar.set_postfix(loss=f"{info['loss']:.3f}", refresh=False)
+        bar.refresh() if step % 10 == 0 else None
+
+    try:
+        run = train(cfg, resume=args.resume, progress=progress)
+    except FileExistsError as e:
+        raise NucleaizerError(str(e)) from None
+    bar.close()
+    print(f"training finished: {run} (best.safetensors, log.jsonl, curve.png)")
+    return 0
+
+
+def cmd_evaluate(args):
+    from .evaluate import score_image, summarize
+    from .imageio_utils import list_images
+    from .train.data import read_labels
+
+    truth_dir = Path(args.truth)
+    if (truth_dir / "labels").is_dir():
+        truth_dir = truth_dir / "labels"
+    truths = {p.stem: p for p in list_images([truth_dir])}
+    preds = {p.stem: p for p in list_images([args.pred]) if p.suffix.lower() in (".tif", ".tiff", ".png")}
+    common = sorted(set(truths) & set(preds))
+    if not common:
+        raise NucleaizerError(f"no label images with the same name in {args.pred} and {truth_dir}")
+    missing = sorted(set(truths) - set(preds))
+    if missing:
+        _fail(f"{len(missing)} truth images have no prediction and count as empty: "
+              + ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else ""))
+    import numpy as np
+
+    scores = []
+    for name in sorted(truths):
+        truth = read_labels(truths[name])
+        pred = read_labels(preds[name]) if name in preds else np.zeros_like(truth)
+        scores.append(score_image(truth, pred))
+    s = summarize(scores, sorted(truths))
+    print(f"images {s['images']}  DSB {s['dsb']:.4f}  mAP {s['precision']:.4f}  "
+          f"mAR {s['recall']:.4f}  mF1 {s['f1']:.4f}  F1(0.5-0.9) {s['caicedo_f1']:.4f}")
+    print(f"at IoU 0.7: missed {s['missed']} of {s['n_true']}, extra {s['extra']} of "
+          f"{s['n_pred']}; merges {s['merges']}, splits {s['splits']}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(s, indent=1))
+    return 0
+
+
+def _write_csv(path, rows):
+    if not rows:
+        Path(path).write_text("")
+        return
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="nucleaizer", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def model_args(sp):
+        sp.add_argument("--model", help="model folder or .safetensors file (default: shipped)")
+        sp.add_argument("--device", default="auto", help="auto (GPU when present), cpu or cuda")
+
+    s = sub.add_parser("segment", help="segment nuclei; writes OUTDIR/<image>.tif and summary.csv")
+    s.add_argument("inputs", nargs="+", help="image files or folders")
+    s.add_argument("-o", "--output", required=True, help="output folder")
+    s.add_argument("--diameter", type=float, help="nucleus diameter in px (default: estimated)")
+    s.add_argument("--confidence", type=float, default=0.5, help="minimum detection score")
+    model_args(s)
+    s.set_defaults(func=cmd_segment)
+
+    e = sub.add_parser("estimate-size", help="typical nucleus diameter of each image")
+    e.add_argument("inputs", nargs="+")
+    e.add_argument("--csv", help="also write the estimates to this CSV file")
+    model_args(e)
+    e.set_defaults(func=cmd_estimate_size)
+
+    t = sub.add_parser("train", help="train a main or preseg network (resumable)")
+    t.add_argument("--data", required=True, help="folder of image + label pairs")
+    t.add_argument("--val", help="folder of image + label pairs for validation")
+    t.add_argument("--out", required=True, help="run folder (checkpoints, log, curve)")
+    t.add_argument("--kind", choices=["main", "preseg"], default="main")
+    t.add_argument("--steps", type=int, default=6000)
+    t.add_argument("--batch-size", type=int, default=2)
+    t.add_argument("--crop", type=int, default=256, help="crop size in px (working scale)")
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--warmup", type=int, default=300)
+    t.add_argument("--checkpoint-every", type=int, default=250)
+    t.add_argument("--val-every", type=int, default=1000)
+    t.add_argument("--val-limit", type=int, help="validate on the first N images only")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--threads", type=int, help="CPU threads for torch")
+    t.add_argument("--init", help="network file to start from")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out")
+    t.set_defaults(func=cmd_train)
+
+    v = sub.add_parser("evaluate", help="score label images against ground truth (METHOD.md 5)")
+    v.add_argument("--pred", required=True, help="folder of predicted label images")
+    v.add_argument("--truth", required=True, help="folder of true label images (or DIR/labels)")
+    v.add_argument("--json", help="write all metrics and per-image rows to this JSON file")
+    v.set_defaults(func=cmd_evaluate)
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except NucleaizerError as e:
+        _fail(str(e))
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        _fail("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

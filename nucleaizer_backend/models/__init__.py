@@ -1,0 +1,1 @@
+"""Network architectures (Mask R-CNN over torchvision parts) and safe model files."""

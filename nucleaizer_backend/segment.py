@@ -1,0 +1,131 @@
+"""The nucleAIzer inference path: normalise -> estimate size -> rescale to the working size
+-> Mask R-CNN -> labels in the original geometry (METHOD.md section 2)."""
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from .detect import DEFAULT_TILE, detect
+from .device import resolve_device
+from .errors import InputImageError
+from .models.io import load_model
+from .preprocess import normalize_image
+from .size import SizeEstimate, estimate_diameters
+
+SCALE_RANGE = (0.05, 10.0)  # working / original; outside it the scale is clamped
+MAX_WORKING_PIXELS = 64e6  # bigger working images are scaled down (clamped) to this
+MIN_SIDE = 4  # px; smaller images cannot hold a nucleus: empty result
+
+
+@dataclass
+class SegmentationResult:
+    """Everything one segmentation produced.
+
+    labels: (H, W) uint16/uint32 label image in the input geometry, 0 = background.
+    scores: (N,) detection confidence of label i + 1 at index i.
+    diameter: nucleus diameter (px, original image) the image was rescaled for.
+    scale: working / original size factor actually used; scale_clamped: True when the
+    diameter asked for a scale outside SCALE_RANGE or the pixel limit.
+    size_estimate: the automatic estimate (None when a diameter was given).
+    probability: (H, W) float32 mask probability (max over detections) or None.
+    seconds: wall time of the whole call.
+    """
+
+    labels: np.ndarray
+    scores: np.ndarray
+    diameter: float
+    scale: float
+    scale_clamped: bool
+    size_estimate: SizeEstimate = None
+    probability: np.ndarray = None
+    seconds: float = 0.0
+
+    @property
+    def count(self):
+        return len(self.scores)
+
+
+def choose_scale(diameter, working_diameter, shape):
+    """Scale that brings nuclei of ``diameter`` px to ``working_diameter`` px, clamped.
+
+    Returns (scale, clamped)."""
+    wanted = working_diameter / diameter
+    scale = float(np.clip(wanted, *SCALE_RANGE))
+    limit = np.sqrt(MAX_WORKING_PIXELS / float(shape[0] * shape[1]))
+    scale = min(scale, limit)
+    return scale, not np.isclose(scale, wanted)
+
+
+def _check_shape(image):
+    if min(image.shape[:2]) < 1:
+        raise InputImageError(f"image of shape {image.shape} is empty")
+
+
+def estimate_size(image, model=None, device="auto", confidence=0.5):
+    """Typical nucleus size of a 2D image (any dtype, gray or colour) as a SizeEstimate."""
+    device = resolve_device(device)
+    bundle = load_model(model, device)
+    norm = normalize_image(image)
+    _check_shape(norm)
+    if min(norm.shape[:2]) < MIN_SIDE or not norm.any():
+        return SizeEstimate.from_diameters([])
+    return SizeEstimate.from_diameters(estimate_diameters(bundle.preseg, norm, device, confidence))
+
+
+def segment_image(image, model=None, diameter=None, device="auto", confidence=0.5,
+                  mask=None, tile_size=DEFAULT_TILE, return_probability=False):
+    """Segment the nuclei of a 2D image; returns a SegmentationResult.
+
+    image: (H, W), (H, W, C) or (C, H, W) array, any dtype. model: model folder or network
+    file (None = shipped default). diameter: typical nucleus diameter in px (None = estimate
+    it). confidence: minimum detection score (0-1). mask: optional (H, W) bool array; only
+    objects mostly inside it are kept, clipped to it.
+    """
+    t0 = time.perf_counter()
+    device = resolve_device(device)
+    bundle = load_model(model, device)
+    norm = normalize_image(image)
+    _check_shape(norm)
+    shape = norm.shape[:2]
+    if mask is not None and np.shape(mask) != shape:
+        raise InputImageError(f"mask of shape {np.shape(mask)} does not match image {shape}")
+    estimate = None
+    if diameter is None:
+        estimate = SizeEstimate.from_diameters(
+            [] if min(shape) < MIN_SIDE or not norm.any()
+            else estimate_diameters(bundle.preseg, norm, device, confidence))
+        diameter = estimate.median_diameter
+    if not diameter > 0:
+        raise InputImageError(f"nucleus diameter must be positive (got {diameter})")
+    scale, clamped = choose_scale(float(diameter), bundle.working_diameter, shape)
+    if min(shape) < MIN_SIDE or not norm.any():
+        labels, scores = np.zeros(shape, np.uint16), np.zeros(0, np.float32)
+        prob = np.zeros(shape, np.float32) if return_probability else None
+    else:
+        dets = detect(bundle.main, norm, scale, device, tile=tile_size)
+        labels, scores, prob = dets.to_labels(confidence, with_probability=return_probability)
+    if mask is not None:
+        labels, scores = restrict_to_mask(labels, scores, np.asarray(mask, bool))
+    return SegmentationResult(labels, scores, float(diameter), scale, clamped, estimate, prob,
+                              time.perf_counter() - t0)
+
+
+def restrict_to_mask(labels, scores, mask):
+    """Keep objects with at least half their area inside ``mask``, clipped to it; renumbered."""
+    from .labels import label_dtype
+
+    n = len(scores)
+    area = np.bincount(labels.ravel(), minlength=n + 1)
+    inside = np.bincount(labels[mask].ravel(), minlength=n + 1)
+    keep = (inside >= 0.5 * np.maximum(area, 1)) & (inside > 0)
+    keep[0] = False
+    lut = np.zeros(n + 1, np.int64)
+    lut[keep] = np.arange(1, keep.sum() + 1)
+    out = lut[labels]
+    out[~mask] = 0
+    return out.astype(label_dtype(int(keep.sum()))), scores[keep[1:]]
+
+
+def segment(image, model=None, diameter=None, device="auto", confidence=0.5, **kwargs):
+    """Label image (same height/width as ``image``, 0 = background) of its nuclei."""
+    return segment_image(image, model, diameter, device, confidence, **kwargs).labels

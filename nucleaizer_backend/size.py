@@ -1,0 +1,78 @@
+"""Nucleus size estimation with the preseg network (METHOD.md section 2, step 2).
+
+The image's nucleus size is the median equivalent diameter sqrt(4 * area / pi) (px, original
+image) of the preseg network's confident detections. preseg is trained on nuclei of about
+12-100 px; when the first pass (native scale, or the scale that finds most nuclei) puts the
+size outside its most accurate range, a second pass runs at the scale that brings nuclei to
+``REFINE_DIAMETER`` px and its estimate is used.
+"""
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .detect import detect
+from .labels import equivalent_diameters
+
+DEFAULT_DIAMETER = 20.0  # px; used (and flagged) when too few nuclei are found
+MIN_NUCLEI = 5
+REFINE_DIAMETER = 32.0
+COMFORT_RANGE = (18.0, 70.0)  # px at the scale preseg ran at
+SEARCH_SCALES = (2.5, 0.4)  # tried when the native scale finds fewer than MIN_NUCLEI
+
+
+@dataclass
+class SizeEstimate:
+    """Typical nucleus size of an image (or a pooled group of images).
+
+    median_diameter: px in the original image; spread: interquartile range / median of the
+    diameters (0 = all equal); count: nuclei measured; reliable: False when fewer than
+    MIN_NUCLEI nuclei were found (median_diameter is then DEFAULT_DIAMETER);
+    diameters: every measured diameter (px), kept for pooling.
+    """
+
+    median_diameter: float
+    spread: float
+    count: int
+    reliable: bool
+    diameters: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
+
+    @classmethod
+    def from_diameters(cls, diameters, default=DEFAULT_DIAMETER):
+        d = np.asarray(diameters, float)
+        if len(d) < MIN_NUCLEI:
+            median = float(np.median(d)) if len(d) else default
+            return cls(default if len(d) == 0 else median, float("nan"), len(d), False, d)
+        q1, med, q3 = np.percentile(d, [25, 50, 75])
+        return cls(float(med), float((q3 - q1) / med), len(d), True, d)
+
+    @classmethod
+    def pooled(cls, estimates):
+        """One estimate for a group of images from all their nuclei together."""
+        diameters = [e.diameters for e in estimates if len(e.diameters)]
+        return cls.from_diameters(np.concatenate(diameters) if diameters else [])
+
+
+def diameters_at_scale(network, image, scale, device, confidence):
+    """Equivalent diameters (px, original image) of preseg's nuclei with the image at ``scale``."""
+    dets = detect(network, image, scale, device)
+    labels, _, _ = dets.to_labels(confidence)
+    return equivalent_diameters(labels)
+
+
+def estimate_diameters(network, image, device, confidence=0.5):
+    """Diameters (px, original) of the nuclei of a normalised (H, W, 3) image (two passes)."""
+    scale = 1.0
+    d = diameters_at_scale(network, image, scale, device, confidence)
+    if len(d) < MIN_NUCLEI:
+        for s in SEARCH_SCALES:
+            ds = diameters_at_scale(network, image, s, device, confidence)
+            if len(ds) > len(d):
+                scale, d = s, ds
+    if len(d) >= MIN_NUCLEI:
+        working = np.median(d) * scale
+        if not (COMFORT_RANGE[0] <= working <= COMFORT_RANGE[1]):
+            s = float(np.clip(REFINE_DIAMETER / np.median(d), 0.1, 6.0))
+            ds = diameters_at_scale(network, image, s, device, confidence)
+            if len(ds) >= MIN_NUCLEI:
+                d = ds
+    return d

@@ -1,0 +1,1 @@
+"""Training the segmentation networks: data, augmentation, the resumable loop."""

@@ -1,0 +1,276 @@
+"""The resumable training loop for the Mask R-CNN networks (main and preseg).
+
+A run folder holds everything needed to continue and to judge a run:
+``config.json``, ``checkpoint.pt`` (weights, optimiser, step, random states; written every
+``checkpoint_every`` steps and loaded with ``weights_only=True``), ``log.jsonl`` (loss lines
+and validation lines), ``curve.png``, ``last.safetensors`` and ``best.safetensors`` (fp16
+network files; best = highest validation DSB score).
+"""
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..evaluate import score_image, summarize
+from ..models.io import save_network
+from ..models.maskrcnn import MaskRCNNConfig, build_maskrcnn
+from .augment import CropSpec, make_training_crop
+from .data import load_dataset
+
+WORKING_DIAMETER = 40.0  # px: the main network's nucleus size (METHOD.md section 2)
+PRESEG_RANGE = (12.0, 100.0)  # px: nucleus sizes preseg is trained on
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    out: str
+    val: str = None
+    kind: str = "main"  # "main" (nuclei rescaled to 40 px) or "preseg" (scale augmentation)
+    steps: int = 6000
+    batch_size: int = 2
+    crop: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup: int = 300
+    checkpoint_every: int = 250
+    val_every: int = 1000
+    val_limit: int = None
+    seed: int = 0
+    threads: int = None
+    init: str = None  # network file to start from (fine-tuning / next stage)
+    architecture: dict = None
+
+    def crop_spec(self):
+        if self.kind == "preseg":
+            return CropSpec(size=self.crop, scale_range=PRESEG_RANGE)
+        if self.kind == "main":
+            return CropSpec(size=self.crop, target_diameter=WORKING_DIAMETER)
+        raise ValueError(f"unknown model kind {self.kind!r} (main or preseg)")
+
+
+def learning_rate(cfg, step):
+    """Linear warm-up, then cosine decay to 5% of ``cfg.lr`` at ``cfg.steps``."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    t = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+    return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def to_targets(crops):
+    images, targets = [], []
+    for img, boxes, masks in crops:
+        images.append(torch.from_numpy(img))
+        targets.append({
+            "boxes": torch.from_numpy(boxes),
+            "labels": torch.ones(len(boxes), dtype=torch.int64),
+            "masks": torch.from_numpy(masks),
+        })
+    return images, targets
+
+
+def validation_scale(kind, item):
+    """The scale a validation image is segmented at: its true nucleus size -> 40 px for main
+    (so the score measures the network, not the size estimate); native scale for preseg."""
+    if kind == "main":
+        return WORKING_DIAMETER / item.diameter
+    return 1.0
+
+
+def validate(model, items, kind, device, styles=None, confidence=0.5):
+    """DSB score (overall and per style) of ``model`` on labelled images."""
+    from ..detect import detect
+
+    model.eval()
+    scores = []
+    for item in items:
+        dets = detect(model, item.image.astype(np.float32), validation_scale(kind, item), device)
+        labels, _, _ = dets.to_labels(confidence)
+        scores.append(score_image(item.labels, labels))
+    summary = summarize(scores, [i.name for i in items])
+    result = {"val_dsb": summary["dsb"], "val_f1": summary["f1"]}
+    if styles:
+        for style in sorted(set(styles.values())):
+            s = [sc for it, sc in zip(items, scores) if styles.get(it.name) == style]
+            if s:
+                result[f"val_dsb_{style}"] = float(np.mean([x.dsb for x in s]))
+    return result
+
+
+def read_styles(folder):
+    """{image id: style} from an ``index.csv`` (columns id, style) in or above ``folder``."""
+    for candidate in (Path(folder) / "index.csv", Path(folder).parent / "index.csv"):
+        if candidate.is_file():
+            import csv
+
+            with open(candidate) as f:
+                return {r["id"]: r["style"] for r in csv.DictReader(f) if "style" in r}
+    return {}
+
+
+class RunFolder:
+    def __init__(self, out):
+        self.dir = Path(out)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.checkpoint = self.dir / "checkpoint.pt"
+        self.log = self.dir / "log.jsonl"
+
+    def append_log(self, record):
+        with open(self.log, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def read_log(self):
+        if not self.log.is_file():
+            return []
+        return [json.loads(line) for line in self.log.read_text().splitlines() if line.strip()]
+
+
+def save_checkpoint(run, model, optimizer, step, rng, best):
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "step": step,
+        "best": best,
+        "numpy_rng": json.dumps(rng.bit_generator.state),
+        "torch_rng": torch.get_rng_state(),
+    }
+    tmp = run.checkpoint.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(run.checkpoint)
+
+
+def network_meta(cfg, step, extra=None):
+    meta = {
+        "kind": cfg.kind,
+        "diameter": WORKING_DIAMETER if cfg.kind == "main" else None,
+        "scale_range": list(PRESEG_RANGE) if cfg.kind == "preseg" else None,
+        "trained_on": str(cfg.data),
+        "steps": step,
+        "batch_size": cfg.batch_size,
+        "crop": cfg.crop,
+    }
+    meta.update(extra or {})
+    return meta
+
+
+def train(cfg, resume=False, progress=None):
+    """Train (or with ``resume``, continue) a network as described by ``cfg``.
+
+    ``progress(step, total, info)`` is called after every step. Returns the run folder path.
+    """
+    run = RunFolder(cfg.out)
+    config_file = run.dir / "config.json"
+    if resume and run.checkpoint.is_file():
+        cfg = TrainConfig(**{**json.loads(config_file.read_text()), "steps": cfg.steps})
+    elif run.checkpoint.is_file():
+        raise FileExistsError(f"{run.dir} holds a run already: use --resume, or another --out")
+    config_file.write_text(json.dumps(asdict(cfg), indent=1))
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    arch = MaskRCNNConfig.from_dict(cfg.architecture or {})
+    model = build_maskrcnn(arch)
+    if cfg.init:
+        from ..models.io import load_network
+
+        init_model, _ = load_network(cfg.init)
+        model.load_state_dict(init_model.state_dict())
+    model.to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    step, best = 0, -1.0
+    if resume and run.checkpoint.is_file():
+        state = torch.load(run.checkpoint, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        step, best = int(state["step"]), float(state["best"])
+        rng.bit_generator.state = json.loads(state["numpy_rng"])
+        torch.set_rng_state(state["torch_rng"])
+
+    train_items = [it for it in load_dataset(cfg.data) if np.isfinite(it.diameter)]
+    val_items = load_dataset(cfg.val, cfg.val_limit) if cfg.val else []
+    styles = read_styles(cfg.val) if cfg.val else {}
+    spec = cfg.crop_spec()
+    run.append_log({"event": "start", "step": step, "train_images": len(train_items),
+                    "val_images": len(val_items), "time": time.time()})
+
+    t_last, window = time.time(), []
+    while step < cfg.steps:
+        model.train()
+        lr = learning_rate(cfg, step)
+        for g in optimizer.param_groups:
+            g["lr"] = lr
+        batch = [make_training_crop(train_items[rng.integers(len(train_items))], spec, rng)
+                 for _ in range(cfg.batch_size)]
+        images, targets = to_targets(batch)
+        images = [i.to(device) for i in images]
+        targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
+        losses = model(images, targets)
+        loss = sum(losses.values())
+        optimizer.zero_grad(set_to_none=True)
+        if torch.isfinite(loss):
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 10.0)
+            optimizer.step()
+        step += 1
+        window.append({k: v.item() for k, v in losses.items()} | {"loss": loss.item()})
+        if progress:
+            progress(step, cfg.steps, {"loss": window[-1]["loss"], "lr": lr})
+        if step % 20 == 0 or step == cfg.steps:
+            rec = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
+            now = time.time()
+            rec.update(step=step, lr=lr, sec_per_step=(now - t_last) / len(window))
+            run.append_log(rec)
+            t_last, window = now, []
+        last = step == cfg.steps
+        if val_items and (step % cfg.val_every == 0 or last):
+            result = validate(model, val_items, cfg.kind, device, styles)
+            run.append_log({"step": step, **result})
+            save_network(model, run.dir / "last.safetensors", network_meta(cfg, step, result))
+            if result["val_dsb"] > best:
+                best = result["val_dsb"]
+                save_network(model, run.dir / "best.safetensors", network_meta(cfg, step, result))
+            t_last = time.time()
+        if step % cfg.checkpoint_every == 0 or last:
+            save_checkpoint(run, model, optimizer, step, rng, best)
+            if not val_items:
+                save_network(model, run.dir / "last.safetensors", network_meta(cfg, step))
+            plot_curve(run)
+    return run.dir
+
+
+def plot_curve(run):
+    """Training loss and validation DSB against step, as ``curve.png`` in the run folder."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    log = run.read_log()
+    loss = [(r["step"], r["loss"]) for r in log if "loss" in r]
+    val = [(r["step"], r["val_dsb"]) for r in log if "val_dsb" in r]
+    if not loss:
+        return
+    fig, ax = plt.subplots(figsize=(7, 4))
+    s, l = zip(*loss)
+    ax.plot(s, l, color="tab:blue", lw=1, label="training loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss", color="tab:blue")
+    ax.set_yscale("log")
+    if val:
+        ax2 = ax.twinx()
+        vs, vd = zip(*val)
+        ax2.plot(vs, vd, "o-", color="tab:red", label="val DSB")
+        ax2.set_ylabel("validation DSB score", color="tab:red")
+        ax2.set_ylim(0, 1)
+    ax.set_title(run.dir.name)
+    fig.tight_layout()
+    fig.savefig(run.dir / "curve.png", dpi=90)
+    plt.close(fig)
