@@ -68,12 +68,13 @@ def owned_ranges(starts, tile, length):
 
 
 def detect(model, image, scale, device, tile=DEFAULT_TILE, overlap=DEFAULT_OVERLAP,
-           batch_size=1):
+           batch_size=1, min_score=0.05):
     """Run ``model`` on a normalised (H, W, 3) image rescaled by ``scale``.
 
     Images larger than ``tile`` px (working scale) are cut into overlapping tiles; a detection
     belongs to the tile that owns its box centre, so nuclei cut by one tile's border are taken
-    whole from the neighbour and none is found twice.
+    whole from the neighbour and none is found twice. Detections scoring below ``min_score``
+    are not kept.
     """
     x = rescale_image(image, scale, device)
     _, hs, ws = x.shape
@@ -86,7 +87,7 @@ def detect(model, image, scale, device, tile=DEFAULT_TILE, overlap=DEFAULT_OVERL
         chunk = jobs[i:i + batch_size]
         crops = [x[:, y0:y0 + tile, x0:x0 + tile] for y0, x0, _, _ in chunk]
         with torch.autocast(device.type, enabled=use_amp):
-            outs = predict_raw(model, crops)
+            outs = predict_raw(model, crops, min_score)
         for (y0, x0, (ly, hy), (lx, hx)), out in zip(chunk, outs):
             b = out["boxes"].float().cpu().numpy() + [x0, y0, x0, y0]
             cy, cx = (b[:, 1] + b[:, 3]) / 2, (b[:, 0] + b[:, 2]) / 2

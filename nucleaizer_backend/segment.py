@@ -102,7 +102,7 @@ def segment_image(image, model=None, diameter=None, device="auto", confidence=0.
         labels, scores = np.zeros(shape, np.uint16), np.zeros(0, np.float32)
         prob = np.zeros(shape, np.float32) if return_probability else None
     else:
-        dets = detect(bundle.main, norm, scale, device, tile=tile_size)
+        dets = detect(bundle.main, norm, scale, device, tile=tile_size, min_score=confidence)
         labels, scores, prob = dets.to_labels(confidence, with_probability=return_probability)
     if mask is not None:
         labels, scores = restrict_to_mask(labels, scores, np.asarray(mask, bool))

@@ -54,7 +54,7 @@ class SizeEstimate:
 
 def diameters_at_scale(network, image, scale, device, confidence):
     """Equivalent diameters (px, original image) of preseg's nuclei with the image at ``scale``."""
-    dets = detect(network, image, scale, device)
+    dets = detect(network, image, scale, device, min_score=confidence)
     labels, _, _ = dets.to_labels(confidence)
     return equivalent_diameters(labels)
 

@@ -37,7 +37,7 @@ class MaskRCNNConfig:
     box_head_width: int = 256
     mask_head_layers: tuple = (64, 64, 64, 64)
     max_detections: int = 1000  # per image (or tile)
-    rpn_proposals_test: int = 3000
+    rpn_proposals_test: int = 2000
     image_mean: float = 0.5
     image_std: float = 0.25
 
@@ -155,16 +155,18 @@ def build_maskrcnn(cfg=None):
 
 
 @torch.no_grad()
-def predict_raw(model, images):
+def predict_raw(model, images, min_score=0.05):
     """Run a Mask R-CNN in eval mode and return unpasted detections.
 
-    ``images``: list of float tensors (3, H, W) at the model's working scale.
+    ``images``: list of float tensors (3, H, W) at the model's working scale; detections
+    scoring below ``min_score`` are dropped before the mask head (which is the costly part).
     Returns one dict per image with ``boxes`` (N, 4; x0, y0, x1, y1 in px of the input),
     ``scores`` (N,) and ``masks`` (N, M, M) mask probabilities inside each box (M = 28).
     torchvision's own postprocess pastes every mask into a full-size image, which costs
     N x H x W memory; callers paste them straight into a label image instead.
     """
     sizes = [img.shape[-2:] for img in images]
+    model.roi_heads.score_thresh = min_score
     batch, _ = model.transform(images)
     features = model.backbone(batch.tensors)
     proposals, _ = model.rpn(batch, features)

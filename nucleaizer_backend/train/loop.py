@@ -88,7 +88,8 @@ def validate(model, items, kind, device, styles=None, confidence=0.5):
     model.eval()
     scores = []
     for item in items:
-        dets = detect(model, item.image.astype(np.float32), validation_scale(kind, item), device)
+        dets = detect(model, item.image.astype(np.float32), validation_scale(kind, item), device,
+                      min_score=confidence)
         labels, _, _ = dets.to_labels(confidence)
         scores.append(score_image(item.labels, labels))
     summary = summarize(scores, [i.name for i in items])

@@ -1,0 +1,103 @@
+"""Render BENCHMARKS.md from the stored results (bench/results/*.json)."""
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _meta_line(res):
+    m = res.get("_meta", {})
+    mc = m.get("machine", {})
+    where = f"{mc.get('cores')}-core CPU ({mc.get('cpu')}), torch {mc.get('torch')}"
+    if mc.get("gpu"):
+        where += f", GPU {mc['gpu']}"
+    return (f"_Measured {m.get('measured')} on {where}; model: {m.get('model')}; "
+            f"reproduce: `{m.get('command')}` ({m.get('wall_s')} s)._")
+
+
+def _model_facts():
+    info_file = ROOT / "nucleaizer_backend" / "weights" / "default" / "model.json"
+    if not info_file.is_file():
+        return []
+    info = json.loads(info_file.read_text())
+    lines = []
+    for kind in ("main", "preseg"):
+        meta = info.get(kind, {}).get("meta", {})
+        hist = info.get(kind, {}).get("history", {})
+        cfg = hist.get("config", {})
+        lines.append(f"- **{kind}**: {meta.get('steps')} steps of batch {meta.get('batch_size')} "
+                     f"x {meta.get('crop')} px crops, lr {cfg.get('lr')}, "
+                     f"{hist.get('mean_sec_per_step')} s/step on {info.get('compute')}"
+                     + (f"; init from `{cfg.get('init')}`" if cfg.get("init") else ""))
+    return lines
+
+
+def render(results, references):
+    out = ["# Benchmarks", "",
+           "Regenerate with `.venv/bin/python bench/run_benchmarks.py` (needs `../shared/data/"
+           "dsb2018`); each section can be re-measured alone with `--sections NAME`. Metrics: "
+           "`nucleaizer_backend/evaluate.py` (METHOD.md section 5), the same code the tests "
+           "and `nucleaizer evaluate` use.", ""]
+    facts = _model_facts()
+    if facts:
+        out += ["## Model measured", ""] + facts + [""]
+    acc = results.get("accuracy")
+    if acc:
+        out += ["## Accuracy on the DSB 2018 val split (67 images: 52 fluo, 15 he)", "",
+                _meta_line(acc), "",
+                "| method | DSB | DSB fluo | DSB he | mAP | mAR | mF1 | F1 (0.5-0.9) | s/image |",
+                "|---|---|---|---|---|---|---|---|---|"]
+        names = {"auto": "**nucleAIzer, automatic size estimation** (as shipped)",
+                 "true_size": "nucleAIzer, true nucleus size per image (network alone)",
+                 "identifyprimaryobjects": "CellProfiler IdentifyPrimaryObjects (measured here, same run)"}
+        for key, name in names.items():
+            s = acc.get(key)
+            if s:
+                out.append(f"| {name} | {s['dsb']:.3f} | {s['dsb_fluo']:.3f} | {s['dsb_he']:.3f} | "
+                           f"{s['precision']:.3f} | {s['recall']:.3f} | {s['f1']:.3f} | "
+                           f"{s['caicedo_f1']:.3f} | {s['seconds_mean']:.2f} |")
+        for name, v in references.items():
+            out.append(f"| {name} | {v:.3f} | | | | | | | |")
+        s = acc.get("auto")
+        if s:
+            out += ["", f"Errors at IoU 0.7 (automatic size): missed {s['missed']} of "
+                    f"{s['n_true']} true nuclei, extra {s['extra']} of {s['n_pred']} predictions; "
+                    f"merges {s['merges']}, splits {s['splits']}.", "",
+                    "F1 by IoU threshold (automatic size): " + ", ".join(
+                        f"{t}: {v:.3f}" for t, v in s["f1_curve"].items())]
+        out.append("")
+    size = results.get("size")
+    if size:
+        p = size["ratio_percentiles"]
+        out += ["## Size estimation (val, 67 images)", "", _meta_line(size), "",
+                f"Estimated / true median nucleus diameter within +-20%: "
+                f"**{size['within_20pct']:.1%}** of images (goal: 90%).", "",
+                "| percentile of ratio | 0 | 5 | 25 | 50 | 75 | 95 | 100 |", "|---|---|---|---|---|---|---|---|",
+                "| estimated / true | " + " | ".join(f"{p[q]:.2f}" for q in ("0", "5", "25", "50", "75", "95", "100")) + " |",
+                ""]
+        bad = [r for r in size["per_image"] if abs(r["ratio"] - 1) > 0.2]
+        if bad:
+            out.append("Images outside +-20%: " + "; ".join(
+                f"{r['id'][:12]} ({r['style']}, true {r['true']:.1f} px, est. {r['estimated']:.1f} px, "
+                f"{r['count']} nuclei)" for r in bad))
+            out.append("")
+    speed = results.get("speed")
+    if speed:
+        out += ["## Speed (520x696 images)", "", _meta_line(speed), "",
+                f"`segment()` including size estimation: median **{speed['segment_median_s']:.2f} s** "
+                f"per image (target <= 2 s); CellProfiler IdentifyPrimaryObjects on the same images "
+                f"in the same run: median {speed['identifyprimaryobjects_median_s']:.2f} s.", "",
+                "| image | diameter used (px) | scale | nuclei | segment (s) | IdentifyPrimaryObjects (s) |",
+                "|---|---|---|---|---|---|"]
+        for r in speed["per_image"]:
+            out.append(f"| {r['id']} | {r['diameter']:.1f} | {r['scale']:.2f} | {r['nuclei']} | "
+                       f"{r['segment_s']:.2f} | {r['identifyprimaryobjects_s']:.2f} |")
+        out.append("")
+    mem = results.get("memory")
+    if mem:
+        out += ["## Peak memory", "", _meta_line(mem), "",
+                f"{mem['image']}: peak resident memory **{mem['peak_rss_mb']:.0f} MB** for the whole "
+                f"process ({mem['rss_before_segment_mb']:.0f} MB before segmenting: Python, torch, "
+                f"model), {mem['nuclei']} nuclei at diameter {mem['diameter']:.1f} px, "
+                f"{mem['seconds']:.1f} s.", ""]
+    return "\n".join(out) + "\n"

@@ -1,0 +1,239 @@
+"""Measure the default model and write BENCHMARKS.md.
+
+    .venv/bin/python bench/run_benchmarks.py [--sections accuracy,size,speed,memory] [--model DIR]
+
+Each section stores its raw results in bench/results/<section>.json; BENCHMARKS.md is
+rebuilt from all stored results, so sections can be re-measured one at a time. Needs
+../shared/data/dsb2018 beside the repository (the data are not shipped).
+
+- accuracy: DSB score and the other METHOD.md section 5 metrics on the 67 val images,
+  overall and per style, with automatic size estimation (the product as users run it) and
+  with each image's true nucleus size (the network alone); CellProfiler's
+  IdentifyPrimaryObjects measured on the same images with the same metric.
+- size: estimated / true median nucleus diameter on every val image.
+- speed: seconds per 520x696 image for segment() including size estimation, median over
+  several images, and CellProfiler IdentifyPrimaryObjects on the same images in the same run.
+- memory: peak resident memory of a fresh process segmenting a 2048x2048 image.
+"""
+import argparse
+import csv
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT.parent / "shared" / "data" / "dsb2018"
+RESULTS = ROOT / "bench" / "results"
+sys.path.insert(0, str(ROOT))
+
+SPEED_IDS = ["2dec81a678dd", "3477024fd843", "43cf6b2ec0b0", "5bb8508ff8ec", "6f8197baf738",
+             "8055957570d7", "f01a9742c43a",  # val, nuclei ~49 px
+             "0ea221716cf1", "e23e11414ee6", "212b858a66f0", "1b518cd2ea84"]  # train, 21-31 px
+REFERENCES = {  # given in the issue, measured by the team on the same 67 val images
+    "CellProfiler IdentifyPrimaryObjects (reference run)": 0.211,
+    "Cellpose 3 from scratch, same train split, fixed diameter": 0.503,
+    "Cellpose 3 from scratch, same train split, true diameter per image": 0.574,
+}
+
+
+def index_rows(split=None):
+    with open(DATA / "index.csv") as f:
+        rows = list(csv.DictReader(f))
+    return [r for r in rows if split is None or r["split"] == split]
+
+
+def machine():
+    import torch
+
+    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
+            "torch": torch.__version__,
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def load_pair(row):
+    from nucleaizer_backend.imageio_utils import read_image
+    from nucleaizer_backend.train.data import read_labels
+
+    base = DATA / row["split"]
+    return (read_image(base / "images" / f"{row['id']}.png"),
+            read_labels(base / "labels" / f"{row['id']}.tif"))
+
+
+def identify_primary_objects(image):
+    """CellProfiler 4.2.8 IdentifyPrimaryObjects with default settings (typical diameter
+    10-40 px) on the image converted to gray, inverted when nuclei are dark (as the reference
+    run did). Returns the label image."""
+    from cellprofiler_core.preferences import set_headless
+
+    set_headless()
+    import cellprofiler_core.image as cpi
+    import cellprofiler_core.measurement as cpmeas
+    import cellprofiler_core.object as cpo
+    import cellprofiler_core.pipeline as cpp
+    import cellprofiler_core.workspace as cpw
+    from cellprofiler.modules.identifyprimaryobjects import IdentifyPrimaryObjects
+
+    from nucleaizer_backend.preprocess import has_bright_background
+
+    gray = image[..., :3].mean(axis=-1) if image.ndim == 3 else image.astype(float)
+    gray = (gray - gray.min()) / max(np.ptp(gray), 1e-9)
+    if has_bright_background(np.repeat(gray[..., None], 3, axis=-1)):
+        gray = 1.0 - gray
+    module = IdentifyPrimaryObjects()
+    module.set_module_num(1)
+    module.x_name.value = "DNA"
+    module.y_name.value = "Nuclei"
+    pipeline = cpp.Pipeline()
+    pipeline.add_module(module)
+    image_set_list = cpi.ImageSetList()
+    image_set = image_set_list.get_image_set(0)
+    image_set.add("DNA", cpi.Image(gray))
+    objects = cpo.ObjectSet()
+    ws = cpw.Workspace(pipeline, module, image_set, objects, cpmeas.Measurements(), image_set_list)
+    module.run(ws)
+    return objects.get_objects("Nuclei").segmented
+
+
+def section_accuracy(model):
+    from nucleaizer_backend import segment_image
+    from nucleaizer_backend.evaluate import score_image, summarize
+
+    rows = index_rows("val")
+    out = {"images": len(rows)}
+    for mode in ("auto", "true_size", "identifyprimaryobjects"):
+        scores, seconds = [], []
+        for r in rows:
+            img, truth = load_pair(r)
+            t0 = time.perf_counter()
+            if mode == "identifyprimaryobjects":
+                pred = identify_primary_objects(img)
+            else:
+                d = float(r["median_diameter_px"]) if mode == "true_size" else None
+                pred = segment_image(img, model=model, diameter=d, device="cpu").labels
+            seconds.append(time.perf_counter() - t0)
+            scores.append(score_image(truth, pred))
+        s = summarize(scores, [r["id"] for r in rows])
+        for style in ("fluo", "he"):
+            sel = [sc for r, sc in zip(rows, scores) if r["style"] == style]
+            s[f"dsb_{style}"] = float(np.mean([x.dsb for x in sel]))
+            s[f"images_{style}"] = len(sel)
+        s["seconds_mean"] = float(np.mean(seconds))
+        out[mode] = s
+        print(f"accuracy {mode}: DSB {s['dsb']:.3f} (fluo {s['dsb_fluo']:.3f}, he {s['dsb_he']:.3f})")
+    return out
+
+
+def section_size(model):
+    from nucleaizer_backend import estimate_size
+
+    rows = index_rows("val")
+    per = []
+    for r in rows:
+        img, _ = load_pair(r)
+        e = estimate_size(img, model=model, device="cpu")
+        true = float(r["median_diameter_px"])
+        per.append({"id": r["id"], "style": r["style"], "true": true,
+                    "estimated": e.median_diameter, "ratio": e.median_diameter / true,
+                    "count": e.count, "reliable": e.reliable})
+    ratios = np.array([p["ratio"] for p in per])
+    within = float(np.mean(np.abs(ratios - 1) <= 0.2))
+    print(f"size: {within:.1%} of val images within +-20%")
+    return {"within_20pct": within, "ratio_percentiles": {
+        str(q): float(np.percentile(ratios, q)) for q in (0, 5, 25, 50, 75, 95, 100)},
+        "per_image": per}
+
+
+def section_speed(model):
+    from nucleaizer_backend import segment_image
+
+    rows = {r["id"][:12]: r for r in index_rows()}
+    images = [load_pair(rows[i])[0] for i in SPEED_IDS]
+    segment_image(images[0], model=model, device="cpu")  # load the model, warm up
+    identify_primary_objects(images[0])
+    per = []
+    for i, img in zip(SPEED_IDS, images):
+        t0 = time.perf_counter()
+        r = segment_image(img, model=model, device="cpu")
+        t1 = time.perf_counter()
+        identify_primary_objects(img)
+        t2 = time.perf_counter()
+        per.append({"id": i, "diameter": r.diameter, "scale": r.scale, "nuclei": r.count,
+                    "segment_s": t1 - t0, "identifyprimaryobjects_s": t2 - t1})
+    med = float(np.median([p["segment_s"] for p in per]))
+    print(f"speed: median {med:.2f} s per 520x696 image")
+    return {"segment_median_s": med,
+            "identifyprimaryobjects_median_s": float(np.median([p["identifyprimaryobjects_s"] for p in per])),
+            "per_image": per}
+
+
+MEMORY_CHILD = r"""
+import resource, sys, time, numpy as np
+from nucleaizer_backend import segment_image
+from nucleaizer_backend.imageio_utils import read_image
+tile = read_image(sys.argv[1])
+img = np.tile(tile, (8, 8, 1))[:2048, :2048]
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+t0 = time.perf_counter()
+r = segment_image(img, device="cpu")
+print(base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, r.count, r.diameter, time.perf_counter() - t0)
+"""
+
+
+def section_memory(model):
+    row = [r for r in index_rows("val") if r["id"].startswith("0e5edb072788")][0]
+    path = DATA / "val" / "images" / f"{row['id']}.png"
+    out = subprocess.run([sys.executable, "-c", MEMORY_CHILD, str(path)], capture_output=True,
+                         text=True, check=True, cwd=ROOT)
+    before, peak, count, diameter, seconds = out.stdout.split()
+    res = {"image": "2048x2048 (a 256x256 val image tiled 8x8)", "peak_rss_mb": int(peak) / 1024,
+           "rss_before_segment_mb": int(before) / 1024, "nuclei": int(count),
+           "diameter": float(diameter), "seconds": float(seconds)}
+    print(f"memory: peak {res['peak_rss_mb']:.0f} MB")
+    return res
+
+
+SECTIONS = {"accuracy": section_accuracy, "size": section_size, "speed": section_speed,
+            "memory": section_memory}
+
+
+def load_results():
+    return {p.stem: json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))}
+
+
+def write_markdown(results):
+    from bench.report import render
+
+    (ROOT / "BENCHMARKS.md").write_text(render(results, REFERENCES))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sections", default=",".join(SECTIONS))
+    ap.add_argument("--model", help="model folder (default: the shipped one)")
+    ap.add_argument("--report-only", action="store_true", help="rebuild BENCHMARKS.md only")
+    args = ap.parse_args()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    if not args.report_only:
+        if not DATA.is_dir():
+            sys.exit(f"benchmark data not found: {DATA}")
+        for name in args.sections.split(","):
+            t0 = time.time()
+            res = SECTIONS[name](args.model)
+            res["_meta"] = {"machine": machine(), "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                            "wall_s": round(time.time() - t0, 1),
+                            "command": f"python bench/run_benchmarks.py --sections {name}",
+                            "model": args.model or "shipped default"}
+            (RESULTS / f"{name}.json").write_text(json.dumps(res, indent=1))
+    write_markdown(load_results())
+    print("BENCHMARKS.md written")
+
+
+if __name__ == "__main__":
+    main()
