@@ -15,3 +15,18 @@ def resolve_device(device="auto"):
         return torch.device(device)
     except RuntimeError:
         raise NucleaizerError(f"unknown device {device!r} (use auto, cpu or cuda)") from None
+
+
+def set_memory_fraction(fraction, device="auto"):
+    """Cap this process's share of a CUDA GPU's memory (CellProfiler runs several worker
+    processes on one GPU). ``fraction`` in (0, 1]; no effect (returns False) on CPU.
+
+    Returns True when a limit was set. Call before the first large allocation."""
+    fraction = float(fraction)
+    if not 0.0 < fraction <= 1.0:
+        raise NucleaizerError(f"GPU memory fraction must be in (0, 1] (got {fraction})")
+    dev = resolve_device(device)
+    if dev.type != "cuda":
+        return False
+    torch.cuda.set_per_process_memory_fraction(fraction, dev)
+    return True

@@ -45,7 +45,8 @@ def read_image(path):
     except FileNotFoundError:
         raise InputImageError(f"{p}: no such file") from None
     except Exception as e:  # any decoder error means: not a readable image
-        raise InputImageError(f"{p}: not a readable image ({type(e).__name__}: {e})") from None
+        first_line = (str(e).strip().splitlines() or [""])[0]  # errors are shown as one line
+        raise InputImageError(f"{p}: not a readable image ({type(e).__name__}: {first_line})") from None
 
 
 def write_labels(path, labels):

@@ -36,7 +36,10 @@ def to_hwc(image):
         )
     if a.ndim not in (2, 3):
         raise InputImageError(f"image of shape {a.shape} is not a 2D gray or colour image")
-    a = a.astype(np.float32, copy=False)
+    if min(a.shape[:2]) < 1:
+        raise InputImageError(f"image of shape {a.shape} is empty")
+    # always a copy: normalize_image works in place and must not change the caller's array
+    a = a.astype(np.float32)
     if a.ndim == 2:
         a = a[..., None]
     channels = a.shape[-1]

@@ -10,7 +10,7 @@ from .device import resolve_device
 from .errors import InputImageError
 from .models.io import load_model
 from .preprocess import normalize_image
-from .size import SizeEstimate, estimate_diameters
+from .size import SizeEstimate, estimate_diameters, find_nuclei
 
 SCALE_RANGE = (0.05, 10.0)  # working / original; outside it the scale is clamped
 MAX_WORKING_PIXELS = 64e6  # bigger working images are scaled down (clamped) to this
@@ -56,20 +56,20 @@ def choose_scale(diameter, working_diameter, shape):
     return scale, not np.isclose(scale, wanted)
 
 
-def _check_shape(image):
-    if min(image.shape[:2]) < 1:
-        raise InputImageError(f"image of shape {image.shape} is empty")
-
-
-def estimate_size(image, model=None, device="auto", confidence=0.5):
-    """Typical nucleus size of a 2D image (any dtype, gray or colour) as a SizeEstimate."""
+def estimate_size(image, model=None, device="auto", confidence=0.5, return_labels=False):
+    """Typical nucleus size of a 2D image (any dtype, gray or colour) as a SizeEstimate;
+    with ``return_labels`` its ``labels`` hold preseg's nuclei (input geometry)."""
     device = resolve_device(device)
     bundle = load_model(model, device)
     norm = normalize_image(image)
-    _check_shape(norm)
     if min(norm.shape[:2]) < MIN_SIDE or not norm.any():
-        return SizeEstimate.from_diameters([])
-    return SizeEstimate.from_diameters(estimate_diameters(bundle.preseg, norm, device, confidence))
+        labels, diameters = np.zeros(norm.shape[:2], np.uint16), []
+    else:
+        labels, diameters = find_nuclei(bundle.preseg, norm, device, confidence)
+    estimate = SizeEstimate.from_diameters(diameters)
+    if return_labels:
+        estimate.labels = labels
+    return estimate
 
 
 def segment_image(image, model=None, diameter=None, device="auto", confidence=0.5,
@@ -85,7 +85,6 @@ def segment_image(image, model=None, diameter=None, device="auto", confidence=0.
     device = resolve_device(device)
     bundle = load_model(model, device)
     norm = normalize_image(image)
-    _check_shape(norm)
     shape = norm.shape[:2]
     if mask is not None and np.shape(mask) != shape:
         raise InputImageError(f"mask of shape {np.shape(mask)} does not match image {shape}")

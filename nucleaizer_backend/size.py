@@ -26,8 +26,9 @@ class SizeEstimate:
 
     median_diameter: px in the original image; spread: interquartile range / median of the
     diameters (0 = all equal); count: nuclei measured; reliable: False when fewer than
-    MIN_NUCLEI nuclei were found (median_diameter is then DEFAULT_DIAMETER);
-    diameters: every measured diameter (px), kept for pooling.
+    MIN_NUCLEI nuclei were found (median_diameter is then DEFAULT_DIAMETER when none was
+    found); diameters: every measured diameter (px), kept for pooling; labels: preseg's nuclei
+    as an (H, W) label image of the original geometry, when asked for.
     """
 
     median_diameter: float
@@ -35,6 +36,7 @@ class SizeEstimate:
     count: int
     reliable: bool
     diameters: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
+    labels: np.ndarray = field(default=None, repr=False)
 
     @classmethod
     def from_diameters(cls, diameters, default=DEFAULT_DIAMETER):
@@ -52,27 +54,34 @@ class SizeEstimate:
         return cls.from_diameters(np.concatenate(diameters) if diameters else [])
 
 
-def diameters_at_scale(network, image, scale, device, confidence):
-    """Equivalent diameters (px, original image) of preseg's nuclei with the image at ``scale``."""
+def nuclei_at_scale(network, image, scale, device, confidence):
+    """preseg's nuclei with the image at ``scale``: (labels in the original geometry,
+    their equivalent diameters in px of the original image)."""
     dets = detect(network, image, scale, device, min_score=confidence)
     labels, _, _ = dets.to_labels(confidence)
-    return equivalent_diameters(labels)
+    return labels, equivalent_diameters(labels)
 
 
-def estimate_diameters(network, image, device, confidence=0.5):
-    """Diameters (px, original) of the nuclei of a normalised (H, W, 3) image (two passes)."""
+def find_nuclei(network, image, device, confidence=0.5):
+    """preseg's nuclei of a normalised (H, W, 3) image, found in up to two passes (see the
+    module doc): (labels (H, W), diameters (px, original image))."""
     scale = 1.0
-    d = diameters_at_scale(network, image, scale, device, confidence)
+    labels, d = nuclei_at_scale(network, image, scale, device, confidence)
     if len(d) < MIN_NUCLEI:
         for s in SEARCH_SCALES:
-            ds = diameters_at_scale(network, image, s, device, confidence)
-            if len(ds) > len(d):
-                scale, d = s, ds
+            found = nuclei_at_scale(network, image, s, device, confidence)
+            if len(found[1]) > len(d):
+                scale, (labels, d) = s, found
     if len(d) >= MIN_NUCLEI:
         working = np.median(d) * scale
         if not (COMFORT_RANGE[0] <= working <= COMFORT_RANGE[1]):
             s = float(np.clip(REFINE_DIAMETER / np.median(d), 0.1, 6.0))
-            ds = diameters_at_scale(network, image, s, device, confidence)
-            if len(ds) >= MIN_NUCLEI:
-                d = ds
-    return d
+            found = nuclei_at_scale(network, image, s, device, confidence)
+            if len(found[1]) >= MIN_NUCLEI:
+                labels, d = found
+    return labels, d
+
+
+def estimate_diameters(network, image, device, confidence=0.5):
+    """Diameters (px, original) of preseg's nuclei of a normalised (H, W, 3) image."""
+    return find_nuclei(network, image, device, confidence)[1]

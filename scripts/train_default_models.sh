@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Trains the shipped default models from ../shared/data/dsb2018, stage by stage. Re-running
+# continues: a finished stage is skipped, an interrupted one resumes from its checkpoint.
+# THREADS=N sets torch's CPU threads (default 2). On a GPU machine the same commands use it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATA=${DATA:-../shared/data/dsb2018}
+T=${THREADS:-2}
+NZ=".venv/bin/nucleaizer"
+
+stage() {  # stage RUN_DIR STEPS ARGS...: train (or resume) unless the run reached STEPS
+  local out=$1 steps=$2; shift 2
+  if [ -f "$out/checkpoint.pt" ]; then
+    local done_steps
+    done_steps=$(.venv/bin/python -c "import torch,sys; print(torch.load(sys.argv[1], weights_only=True)['step'])" "$out/checkpoint.pt")
+    if [ "$done_steps" -ge "$steps" ]; then echo "[train] $out complete ($done_steps steps)"; return; fi
+    "$NZ" train --out "$out" --steps "$steps" --data "$DATA/train" --val "$DATA/val" --resume "$@"
+  else
+    "$NZ" train --out "$out" --steps "$steps" --data "$DATA/train" --val "$DATA/val" "$@"
+  fi
+}
+
+# Stage 1, main network: nuclei rescaled to 40 px, from random initialisation.
+stage runs/main-s1 4000 --kind main --lr 1.5e-3 --warmup 300 --val-every 1500 --threads "$T"
+# preseg: the main network fine-tuned with scale augmentation (nuclei 12-100 px).
+stage runs/preseg-s1 1500 --kind preseg --init runs/main-s1/best.safetensors --lr 5e-4 \
+  --warmup 100 --val-every 750 --threads "$T"
+
+.venv/bin/python scripts/package_default_model.py \
+  --main runs/main-s1/best.safetensors --preseg runs/preseg-s1/best.safetensors
