@@ -18,6 +18,12 @@ def _fail(msg):
     print(f"nucleaizer: error: {msg}", file=sys.stderr)
 
 
+def _about(path, err):
+    """The error message of one input file, naming the file (once)."""
+    msg = str(err)
+    return msg if str(path) in msg else f"{path}: {msg}"
+
+
 def _progress_bar(total, desc):
     from tqdm import tqdm
 
@@ -47,9 +53,9 @@ def cmd_segment(args):
             if "model" in type(e).__name__.lower():
                 raise
             failed += 1
-            _fail(str(e))
+            _fail(_about(p, e))
             rows.append({"image": p.name, "nuclei": "", "diameter_px": "", "scale": "",
-                         "size_reliable": "", "seconds": "", "error": str(e)})
+                         "size_reliable": "", "seconds": "", "error": _about(p, e)})
         bar.update(1)
     bar.close()
     _write_csv(out / "summary.csv", rows)
@@ -73,7 +79,7 @@ def cmd_estimate_size(args):
             if "model" in type(err).__name__.lower():
                 raise
             failed += 1
-            _fail(str(err))
+            _fail(_about(p, err))
     if args.csv:
         _write_csv(args.csv, rows)
     return EXIT_SOME_FAILED if failed else 0
