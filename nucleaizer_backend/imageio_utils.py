@@ -38,15 +38,19 @@ def read_image(path):
         if p.suffix.lower() in (".tif", ".tiff"):
             import tifffile
 
-            return np.asarray(tifffile.imread(str(p)))
-        import imageio.v3 as iio
+            a = np.asarray(tifffile.imread(str(p)))
+        else:
+            import imageio.v3 as iio
 
-        return np.asarray(iio.imread(str(p)))
+            a = np.asarray(iio.imread(str(p)))
     except FileNotFoundError:
         raise InputImageError(f"{p}: no such file") from None
     except Exception as e:  # any decoder error means: not a readable image
         first_line = (str(e).strip().splitlines() or [""])[0]  # errors are shown as one line
         raise InputImageError(f"{p}: not a readable image ({type(e).__name__}: {first_line})") from None
+    if a.size == 0:  # tifffile reads some corrupt files as an empty array (with a warning)
+        raise InputImageError(f"{p}: not a readable image (no pixel data)")
+    return a
 
 
 def write_labels(path, labels):
