@@ -64,7 +64,8 @@ def render(results, references):
                     f"{s['n_true']} true nuclei, extra {s['extra']} of {s['n_pred']} predictions; "
                     f"merges {s['merges']}, splits {s['splits']}.", "",
                     "F1 by IoU threshold (automatic size): " + ", ".join(
-                        f"{t}: {v:.3f}" for t, v in s["f1_curve"].items())]
+                        f"{t}: {v:.3f}" for t, v in s["f1_curve"].items()),
+                    "", "![F1 against IoU threshold](docs/f1_curve.png)"]
         out.append("")
     size = results.get("size")
     if size:

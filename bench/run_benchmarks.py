@@ -14,6 +14,7 @@ rebuilt from all stored results, so sections can be re-measured one at a time. N
 - speed: seconds per 520x696 image for segment() including size estimation, median over
   several images, and CellProfiler IdentifyPrimaryObjects on the same images in the same run.
 - memory: peak resident memory of a fresh process segmenting a 2048x2048 image.
+- figures: docs/example_overlay.png and docs/f1_curve.png (bench/figures.py).
 """
 import argparse
 import csv
@@ -199,8 +200,16 @@ def section_memory(model):
     return res
 
 
+def section_figures(model):
+    from bench.figures import example_overlay, f1_curve
+
+    example_overlay(model)
+    f1_curve()
+    return {"files": ["docs/example_overlay.png", "docs/f1_curve.png"]}
+
+
 SECTIONS = {"accuracy": section_accuracy, "size": section_size, "speed": section_speed,
-            "memory": section_memory}
+            "memory": section_memory, "figures": section_figures}
 
 
 def load_results():

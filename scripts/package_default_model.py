@@ -3,9 +3,10 @@
     python scripts/package_default_model.py --main runs/main-s1/best.safetensors \
         --preseg runs/preseg-s1/best.safetensors [--out nucleaizer_backend/weights/default]
 
-Copies the two network files (already fp16 safetensors with their metadata) and writes
-model.json: what the model is, what it was trained on, how, and its validation scores
-(from each network's own metadata, i.e. from the training runs' logs).
+Copies the two network files (already fp16 safetensors with their metadata), writes
+model.json (what the model is, what it was trained on, how, and its validation scores from
+each network's own metadata and its run's log) and keeps each run's config.json, log.jsonl
+and curve.png under docs/training/<run>/ so the training can be read later.
 """
 import argparse
 import json
@@ -37,12 +38,23 @@ def run_history(network_file):
     return out
 
 
+def keep_run_record(network_file, docs):
+    run = Path(network_file).parent
+    dest = docs / run.name
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("config.json", "log.jsonl", "curve.png"):
+        if (run / name).is_file():
+            shutil.copyfile(run / name, dest / name)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--main", required=True)
     ap.add_argument("--preseg", required=True)
     ap.add_argument("--out", default=str(DEFAULT_MODEL_DIR))
     ap.add_argument("--note", default="", help="free text kept in model.json")
+    ap.add_argument("--docs", default=str(ROOT / "docs" / "training"),
+                    help="where the runs' logs and curves are kept")
     ap.add_argument("--compute", default="2-core CPU (no GPU), torch CPU threads 2",
                     help="what the training ran on")
     args = ap.parse_args()
@@ -66,6 +78,8 @@ def main():
         "note": args.note,
     }
     (out / INFO_FILE).write_text(json.dumps(info, indent=1))
+    for network_file in (args.main, args.preseg):
+        keep_run_record(network_file, Path(args.docs))
     print(f"default model written to {out}")
 
 
