@@ -12,6 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .errors import NucleaizerError
 from .labels import instances_to_labels
 from .models.maskrcnn import predict_raw
 
@@ -52,6 +53,9 @@ def rescale_image(image, scale, device):
 
 def tile_starts(length, tile, overlap):
     """Start offsets of tiles of ``tile`` px covering ``length`` px with >= ``overlap`` px overlap."""
+    if tile <= overlap:  # no tiling could keep the overlap (and nothing would be covered)
+        raise NucleaizerError(f"tile size ({tile} px) must be larger than the tile overlap "
+                              f"({overlap} px)")
     if length <= tile:
         return [0]
     n = int(np.ceil((length - overlap) / (tile - overlap)))
