@@ -1,0 +1,55 @@
+"""Shared test set-up: one CPU thread, the bundled example images, the shipped model on CPU.
+
+Tests use only bundled (example_images/) or generated data, never ../shared.
+"""
+import csv
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+# Keep tests light on shared machines (CI runners, a laptop that is also training):
+# one BLAS/OpenMP thread here and in every subprocess a test starts.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+try:
+    import torch
+
+    torch.set_num_threads(1)
+except ImportError:  # pragma: no cover - torch is a hard dependency of the backend
+    pass
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO / "example_images"
+
+
+@pytest.fixture(scope="session")
+def example_images_dir():
+    """example_images/ of the repository: images/*.png, labels/*.tif, index.csv."""
+    return EXAMPLES
+
+
+@pytest.fixture(scope="session")
+def example_index():
+    """Rows of example_images/index.csv as dicts (id, style, height, width, nuclei,
+    median_diameter_px ...), sorted by id."""
+    with open(EXAMPLES / "index.csv", newline="") as f:
+        return sorted(csv.DictReader(f), key=lambda r: r["id"])
+
+
+@pytest.fixture(scope="session")
+def cpu_model():
+    """The shipped default model bundle (main + preseg) loaded on the CPU."""
+    from nucleaizer_backend.models.io import load_model
+
+    return load_model(None, torch.device("cpu"))
+
+
+@pytest.fixture
+def subprocess_env():
+    """Environment for subprocesses started by tests (one thread, this interpreter's venv)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    return env

@@ -1,0 +1,141 @@
+"""Output geometry of the inference path (METHOD.md 2.7): labels have exactly the input's
+(H, W), an integer dtype and 0 as background, for any size, aspect ratio and layout."""
+import numpy as np
+import pytest
+
+from nucleaizer_backend import SegmentationResult, segment, segment_image
+from nucleaizer_backend.errors import InputImageError
+from nucleaizer_backend.imageio_utils import read_image
+from nucleaizer_backend.segment import SCALE_RANGE
+from nucleaizer_backend.size import MIN_NUCLEI
+
+
+@pytest.fixture(scope="module")
+def source(example_images_dir):
+    """A real fluorescence image (256 x 256 RGB uint8), nuclei about 18 px."""
+    return read_image(example_images_dir / "images" / "fluo_0e5edb072788.png")
+
+
+def patch(source, h, w, y=60, x=40):
+    """An (h, w) crop of the source, tiled periodically when larger than the source."""
+    reps = (int(np.ceil((y + h) / source.shape[0])), int(np.ceil((x + w) / source.shape[1])), 1)
+    return np.tile(source, reps)[y:y + h, x:x + w]
+
+
+def check_labels(result, shape):
+    labels = result.labels
+    assert labels.shape == shape
+    assert np.issubdtype(labels.dtype, np.integer)
+    assert labels.min() >= 0
+    ids = np.unique(labels)
+    ids = ids[ids > 0]
+    # ids 1..N, one per detection score
+    np.testing.assert_array_equal(ids, np.arange(1, len(ids) + 1))
+    assert result.count == len(result.scores) == len(ids)
+    assert np.all(np.diff(result.scores) <= 0)  # id 1 = most confident
+    if labels.size > 1 and len(ids):
+        assert (labels == 0).any()
+
+
+@pytest.mark.parametrize("shape,diameter", [
+    ((37, 53), 13.0),  # odd size, upscaled about 3x
+    ((1, 1), 20.0),
+    ((3, 500), 20.0),
+    ((500, 3), 20.0),
+    ((5, 5), 20.0),
+    ((129, 257), 25.0),
+    ((4, 2000), 40.0),  # very wide: several tiles along x at working scale 1
+])
+def test_labels_have_input_geometry(source, shape, diameter):
+    img = patch(source, *shape)
+    result = segment_image(img, diameter=diameter, device="cpu")
+    assert isinstance(result, SegmentationResult)
+    check_labels(result, shape)
+    assert result.diameter == diameter
+    assert result.scale == pytest.approx(40.0 / diameter)
+    assert not result.scale_clamped
+
+
+def test_real_crop_finds_nuclei_in_place(source):
+    """Not just the shape: on an odd-sized real crop the nuclei land where they are."""
+    img = patch(source, 129, 257, y=0, x=0)
+    result = segment_image(img, diameter=18.0, device="cpu")
+    check_labels(result, (129, 257))
+    assert result.count > 0
+    gray = img.mean(-1)
+    assert gray[result.labels > 0].mean() > gray[result.labels == 0].mean()
+
+
+@pytest.mark.parametrize("layout", ["gray", "rgb", "chw", "gray_u16", "float_unit"])
+def test_layouts_give_hw_labels(source, layout):
+    rgb = patch(source, 45, 67)
+    img = {
+        "gray": rgb.mean(-1),
+        "rgb": rgb,
+        "chw": np.moveaxis(rgb, -1, 0),
+        "gray_u16": (rgb[..., 0].astype(np.uint16) * 257),
+        "float_unit": rgb.astype(np.float32) / 255.0,
+    }[layout]
+    before = img.copy()
+    labels = segment(img, diameter=18.0, device="cpu")
+    assert labels.shape == (45, 67)
+    assert np.issubdtype(labels.dtype, np.integer)
+    np.testing.assert_array_equal(img, before)  # the caller's image is not changed
+
+
+def test_segment_equals_segment_image_labels(source):
+    img = patch(source, 40, 60)
+    a = segment(img, diameter=18.0, device="cpu")
+    b = segment_image(img, diameter=18.0, device="cpu").labels
+    np.testing.assert_array_equal(a, b)
+
+
+def test_blank_image_gives_empty_labels():
+    for img in (np.zeros((30, 40), np.uint8), np.full((30, 40, 3), 0.7, np.float32)):
+        result = segment_image(img, diameter=20.0, device="cpu")
+        check_labels(result, (30, 40))
+        assert result.count == 0 and result.labels.max() == 0
+
+
+@pytest.mark.parametrize("diameter,expected_scale", [(4000.0, SCALE_RANGE[0]),
+                                                      (0.5, SCALE_RANGE[1])])
+def test_extreme_diameter_is_clamped(source, diameter, expected_scale):
+    img = patch(source, 16, 24)
+    result = segment_image(img, diameter=diameter, device="cpu")
+    check_labels(result, (16, 24))
+    assert result.scale == pytest.approx(expected_scale)
+    assert result.scale_clamped
+
+
+def test_mask_restricts_objects(source):
+    img = patch(source, 100, 120, y=0, x=0)
+    mask = np.zeros((100, 120), bool)
+    mask[:, :60] = True
+    full = segment_image(img, diameter=18.0, device="cpu")
+    result = segment_image(img, diameter=18.0, device="cpu", mask=mask)
+    check_labels(result, (100, 120))
+    assert result.labels[~mask].max() == 0
+    assert 0 < result.count <= full.count
+    with pytest.raises(InputImageError, match="mask"):
+        segment_image(img, diameter=18.0, device="cpu", mask=np.ones((10, 10), bool))
+
+
+def test_probability_map_has_input_geometry(source):
+    img = patch(source, 37, 53)
+    result = segment_image(img, diameter=18.0, device="cpu", return_probability=True)
+    assert result.probability.shape == (37, 53)
+    assert result.probability.dtype == np.float32
+    assert 0.0 <= result.probability.min() and result.probability.max() <= 1.0
+    # every labelled pixel had mask probability above 0.5
+    assert (result.probability[result.labels > 0] > 0.5).all()
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 500), (37, 53), (129, 70)])
+def test_automatic_size_keeps_geometry(source, shape):
+    img = patch(source, *shape)
+    result = segment_image(img, device="cpu")  # diameter estimated by preseg
+    check_labels(result, shape)
+    est = result.size_estimate
+    assert est is not None and result.diameter == est.median_diameter > 0
+    if not est.reliable:
+        assert est.count < MIN_NUCLEI

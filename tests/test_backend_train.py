@@ -1,0 +1,147 @@
+"""The resumable training loop: tiny runs (2-3 steps, 64 px crops, 2 bundled images).
+
+Checks the run folder's files, --resume, determinism (same seed -> identical weights, and an
+interrupted + resumed run equals an uninterrupted one) and that checkpoints are loaded with
+``weights_only=True`` (a pickle that would run code is refused).
+"""
+import json
+import shutil
+from dataclasses import asdict
+
+import numpy as np
+import pytest
+import torch
+
+from nucleaizer_backend import cli, segment_image
+from nucleaizer_backend.models.io import read_network_meta
+from nucleaizer_backend.train.data import find_pairs, load_dataset
+from nucleaizer_backend.train.loop import TrainConfig, train
+
+# matplotlib (curve.png) triggers pyparsing deprecation warnings that are not ours
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+TRAIN_IMAGES = ("fluo_0e5edb072788", "he_420f43d21dba")
+TINY = dict(steps=2, batch_size=1, crop=64, checkpoint_every=1, seed=3)
+
+
+@pytest.fixture(scope="module")
+def train_data(tmp_path_factory, example_images_dir):
+    d = tmp_path_factory.mktemp("train_data")
+    (d / "images").mkdir()
+    (d / "labels").mkdir()
+    for name in TRAIN_IMAGES:
+        shutil.copy(example_images_dir / "images" / f"{name}.png", d / "images")
+        shutil.copy(example_images_dir / "labels" / f"{name}.tif", d / "labels")
+    return d
+
+
+def model_state(run_dir):
+    return torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
+
+
+def same_weights(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_training_data_found(train_data):
+    pairs = find_pairs(train_data)
+    assert [p[0].stem for p in pairs] == sorted(TRAIN_IMAGES)
+    items = load_dataset(train_data)
+    for it in items:
+        assert it.image.shape[:2] == it.labels.shape and it.image.shape[2] == 3
+        assert it.n_objects > 0 and it.diameter > 0
+
+
+def test_train_and_resume_with_cli(train_data, tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["train", "--data", str(train_data), "--out", str(run), "--steps", "2",
+            "--batch-size", "1", "--crop", "64", "--checkpoint-every", "1", "--seed", "3",
+            "--threads", "1"]
+    assert cli.main(args) == 0
+    for f in ("config.json", "checkpoint.pt", "log.jsonl", "curve.png", "last.safetensors"):
+        assert (run / f).is_file(), f
+    assert model_state(run)["step"] == 2
+    capsys.readouterr()
+
+    # the same command again must not overwrite the run
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert "--resume" in err and err.count("\n") == 1 and "Traceback" not in err
+
+    args[args.index("--steps") + 1] = "3"
+    assert cli.main(args + ["--resume"]) == 0
+    state = model_state(run)
+    assert state["step"] == 3
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    starts = [r for r in log if r.get("event") == "start"]
+    assert [r["step"] for r in starts] == [0, 2]
+    assert max(r["step"] for r in log if "loss" in r) == 3
+    assert all(np.isfinite(r["loss"]) for r in log if "loss" in r)
+    meta = read_network_meta(run / "last.safetensors")
+    assert meta["steps"] == 3 and meta["kind"] == "main" and meta["diameter"] == 40.0
+
+    # the network file written by training is a usable model
+    img = np.zeros((40, 50), np.uint8)
+    img[10:25, 12:27] = 200
+    result = segment_image(img, model=run / "last.safetensors", diameter=15, device="cpu")
+    assert result.labels.shape == (40, 50)
+
+
+def test_same_seed_same_weights_and_resume_is_seamless(train_data, tmp_path):
+    def run(name, **kw):
+        cfg = TrainConfig(data=str(train_data), out=str(tmp_path / name), **{**TINY, **kw})
+        return train(cfg)
+
+    a = model_state(run("a", steps=3))
+    b = model_state(run("b", steps=3))
+    assert same_weights(a["model"], b["model"]), "two runs with the same seed differ"
+
+    run("c", steps=2)  # interrupted after 2 steps ...
+    cfg = TrainConfig(data=str(train_data), out=str(tmp_path / "c"), **{**TINY, "steps": 3})
+    train(cfg, resume=True)  # ... and resumed to 3
+    c = model_state(tmp_path / "c")
+    assert c["step"] == 3
+    assert same_weights(a["model"], c["model"]), "resumed run differs from uninterrupted run"
+
+    d = model_state(run("d", steps=3, seed=4))
+    assert not same_weights(a["model"], d["model"]), "the seed has no effect"
+
+
+class CodeOnLoad:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_checkpoint_is_loaded_weights_only(train_data, tmp_path):
+    """A checkpoint.pt whose unpickling would run code is refused on --resume, code not run."""
+    run = tmp_path / "run"
+    run.mkdir()
+    marker = tmp_path / "code_ran"
+    cfg = TrainConfig(data=str(train_data), out=str(run), **TINY)
+    (run / "config.json").write_text(json.dumps(asdict(cfg)))
+    torch.save({"model": CodeOnLoad(marker), "step": 1}, run / "checkpoint.pt")
+    with pytest.raises(Exception, match="(?i)weights_only|unpickl|unsupported"):
+        train(cfg, resume=True)
+    assert not marker.exists()
+
+
+def test_preseg_kind_and_validation(train_data, tmp_path):
+    """A preseg run (scale augmentation) with validation writes best.safetensors and a
+    validation line in the log."""
+    run = tmp_path / "preseg"
+    cfg = TrainConfig(data=str(train_data), out=str(run), kind="preseg", val=str(train_data),
+                      val_limit=1, val_every=1, **{**TINY, "steps": 1})
+    train(cfg)
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    val = [r for r in log if "val_dsb" in r]
+    assert len(val) == 1 and 0.0 <= val[0]["val_dsb"] <= 1.0
+    meta = read_network_meta(run / "best.safetensors")
+    assert meta["kind"] == "preseg" and meta["scale_range"] == [12.0, 100.0]
+
+
+def test_unknown_kind_is_refused(train_data, tmp_path):
+    with pytest.raises(ValueError, match="kind"):
+        train(TrainConfig(data=str(train_data), out=str(tmp_path / "x"), kind="unet", **TINY))
