@@ -59,9 +59,9 @@ def normalize_image(image):
     """
     a = to_hwc(image)
     finite = np.isfinite(a)
-    if not finite.all():
-        fill = float(a[finite].min()) if finite.any() else 0.0
-        a = np.where(finite, a, fill).astype(np.float32)
+    if not finite.all():  # NaN and -inf -> darkest value, +inf (saturated) -> brightest
+        lo_f, hi_f = (float(a[finite].min()), float(a[finite].max())) if finite.any() else (0.0, 0.0)
+        a = np.where(finite, a, np.where(np.isposinf(a), hi_f, lo_f)).astype(np.float32)
     sample = a[:: max(1, a.shape[0] // 512), :: max(1, a.shape[1] // 512)]
     lo, hi = np.percentile(sample, [LOW_PERCENTILE, HIGH_PERCENTILE])
     if not hi > lo:

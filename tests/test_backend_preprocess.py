@@ -116,6 +116,8 @@ def test_nan_and_inf_are_handled():
     gray = out.mean(-1)
     ok = np.isfinite(img)
     assert gray[DISCS & ok].mean() > 0.8 and gray[~DISCS & ok].mean() < 0.2
+    assert gray[1, 1] == 1.0  # +inf is saturation: the brightest value, not background
+    assert gray[2, 2] == 0.0  # -inf is the darkest
 
 
 @pytest.mark.parametrize("img", [

@@ -9,6 +9,7 @@ The image transform does *not* resize: the caller rescales images so that nuclei
 size the model was trained at (40 px for the main model), and the network must see exactly
 that scale.
 """
+import threading
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 
@@ -154,6 +155,16 @@ def build_maskrcnn(cfg=None):
     return model
 
 
+_locks_guard = threading.Lock()
+
+
+def _lock_of(model):
+    with _locks_guard:
+        if not hasattr(model, "_predict_lock"):
+            model._predict_lock = threading.Lock()
+        return model._predict_lock
+
+
 @torch.no_grad()
 def predict_raw(model, images, min_score=0.05):
     """Run a Mask R-CNN in eval mode and return unpasted detections.
@@ -166,11 +177,12 @@ def predict_raw(model, images, min_score=0.05):
     N x H x W memory; callers paste them straight into a label image instead.
     """
     sizes = [img.shape[-2:] for img in images]
-    model.roi_heads.score_thresh = min_score
-    batch, _ = model.transform(images)
-    features = model.backbone(batch.tensors)
-    proposals, _ = model.rpn(batch, features)
-    detections, _ = model.roi_heads(features, proposals, batch.image_sizes)
+    with _lock_of(model):  # score_thresh is model state: one caller at a time
+        model.roi_heads.score_thresh = min_score
+        batch, _ = model.transform(images)
+        features = model.backbone(batch.tensors)
+        proposals, _ = model.rpn(batch, features)
+        detections, _ = model.roi_heads(features, proposals, batch.image_sizes)
     out = []
     for det, size in zip(detections, sizes):
         out.append({"boxes": det["boxes"], "scores": det["scores"], "masks": det["masks"][:, 0]})
