@@ -1,0 +1,661 @@
+"""EstimateNucleusSize: the typical nucleus diameter of each image, or of each image group,
+as CellProfiler image measurements (nucleAIzer's size-robust "preseg" network).
+
+All image and model logic lives in the ``nucleaizer_backend`` package; this file only
+translates between CellProfiler and the backend's ``estimate_size`` / ``SizeEstimate``.
+"""
+
+import logging
+import math
+import os
+
+import numpy
+from cellprofiler_core.constants.measurement import (
+    COLTYPE_FLOAT,
+    COLTYPE_INTEGER,
+    C_COUNT,
+    C_LOCATION,
+    C_NUMBER,
+    FF_COUNT,
+    FTR_CENTER_X,
+    FTR_CENTER_Y,
+    FTR_CENTER_Z,
+    FTR_OBJECT_NUMBER,
+    IMAGE,
+    M_LOCATION_CENTER_X,
+    M_LOCATION_CENTER_Y,
+    M_LOCATION_CENTER_Z,
+    M_NUMBER_OBJECT_NUMBER,
+)
+from cellprofiler_core.module import Module
+from cellprofiler_core.object import Objects
+from cellprofiler_core.setting import Binary, ValidationError
+from cellprofiler_core.setting.choice import Choice
+from cellprofiler_core.setting.subscriber import ImageSubscriber
+from cellprofiler_core.setting.text import Directory, Filename, Float, LabelName
+
+LOGGER = logging.getLogger(__name__)
+
+NUCLEAIZER_DOI = "https://doi.org/10.1016/j.cels.2020.04.003"
+
+SCOPE_EACH = "Each image individually"
+SCOPE_GROUP = "All images of the group (pooled)"
+
+MODEL_DEFAULT = "Default (shipped)"
+MODEL_CUSTOM = "Custom"
+
+C_NUCLEUS_SIZE = "NucleusSize"
+FTR_MEDIAN_DIAMETER = "MedianDiameter"
+FTR_SPREAD = "Spread"
+FTR_COUNT = "Count"
+FTR_RELIABLE = "Reliable"
+FTR_IMAGE_MEDIAN_DIAMETER = "ImageMedianDiameter"
+FTR_IMAGE_COUNT = "ImageCount"
+FEATURES = (
+    (FTR_MEDIAN_DIAMETER, COLTYPE_FLOAT),
+    (FTR_SPREAD, COLTYPE_FLOAT),
+    (FTR_COUNT, COLTYPE_INTEGER),
+    (FTR_RELIABLE, COLTYPE_INTEGER),
+    (FTR_IMAGE_MEDIAN_DIAMETER, COLTYPE_FLOAT),
+    (FTR_IMAGE_COUNT, COLTYPE_INTEGER),
+)
+
+# Keys of the module dictionary that carries a group's estimates from prepare_group to run
+# (JSON-serialisable only, so that CellProfiler can hand it to analysis workers).
+D_GROUP = "group"
+D_IMAGES = "images"
+D_POOLED = "pooled"
+
+INSTALL_HINT = (
+    "the nucleaizer_backend Python package is not installed in CellProfiler's Python "
+    "environment (install it with pip from the project folder: pip install -e .)"
+)
+
+__doc__ = """\
+EstimateNucleusSize
+===================
+
+**EstimateNucleusSize** measures the typical nucleus diameter of each image, or of all the
+images of a group (for example a plate), with the size-robust "preseg" network of
+nucleAIzer. Use it for quality control (magnification or sample changes show up as jumps in
+nucleus size) and to drive **SegmentNucleiStyleAdapted**, whose *Nucleus size* setting can
+read the *NucleusSize_MedianDiameter* measurement.
+
+|
+
+============ ============ ===============
+Supports 2D? Supports 3D? Respects masks?
+============ ============ ===============
+YES          NO           NO
+============ ============ ===============
+
+See also
+^^^^^^^^
+
+See also **SegmentNucleiStyleAdapted**, and **Groups** to define image groups.
+
+What do I need as input?
+^^^^^^^^^^^^^^^^^^^^^^^^
+
+A 2D grayscale or colour image of nuclei (any modality; no preprocessing needed). To pool
+the images of a group, the input image should come straight from the input modules
+(**NamesAndTypes**): see *Technical notes*.
+
+What do I get as output?
+^^^^^^^^^^^^^^^^^^^^^^^^
+
+Image measurements and, optionally, the nuclei that the size was measured on as objects
+(a quick, size-robust but less accurate segmentation than **SegmentNucleiStyleAdapted**;
+useful to check what the estimate is based on).
+
+Measurements made by this module
+^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^
+
+**Image measurements** (in group mode the first four are the same for every image of the
+group):
+
+-  *NucleusSize_MedianDiameter:* Median equivalent diameter (pixels), sqrt(4 x area / pi),
+   of the nuclei found. When fewer than 5 nuclei are found, the default diameter of 20
+   pixels (or the median of the few found) is reported and *Reliable* is 0.
+-  *NucleusSize_Spread:* Interquartile range of the diameters divided by their median
+   (0 = all nuclei the same size; NaN when unreliable).
+-  *NucleusSize_Count:* Number of nuclei measured.
+-  *NucleusSize_Reliable:* 1 when at least 5 nuclei were measured, else 0.
+-  *NucleusSize_ImageMedianDiameter, NucleusSize_ImageCount:* The same for this image alone
+   (equal to the above when estimating each image individually); in group mode they show
+   which images of a group differ from the rest.
+-  *Count:* (when saving the nuclei as objects) the number of those objects.
+
+**Object measurements** (when saving the nuclei as objects): *Location_Center_X/Y/Z*,
+*Number_Object_Number*.
+
+Technical notes
+^^^^^^^^^^^^^^^
+
+The preseg network was trained with strong scale augmentation (nuclei from about 8 to
+120 pixels) and segments the image at its native scale; if that finds too few nuclei, or a
+size outside its most accurate range, it looks again at a more suitable scale.
+
+*Pooling a group:* in *"{SCOPE_GROUP}"* mode, the module estimates the sizes of all the
+images of the group before the group's first cycle runs (like **CorrectIlluminationCalculate**
+in *All: First cycle* mode), so that the pooled size is available to downstream modules of
+the same pipeline from the first image on. To do so it runs the modules that come before it
+(up to the module that provides the input image) once more for each image, which is cheap
+for the input modules. The whole group is processed by one worker. Without **Groups**, the
+group is all images of the run. The pool is made of the images that the run processes: on a
+cluster, run each group as one job (``cellprofiler -c -r -p Batch_data.h5 -g
+Metadata_Plate=P1``); a job given only part of a group with ``-f``/``-l`` pools only the
+images of that part.
+
+References
+^^^^^^^^^^
+
+-  Hollandi R, Szkalisity A, Toth T, et al. (2020) "nucleAIzer: A parameter-free deep
+   learning framework for nucleus segmentation using image style transfer." *Cell Systems*
+   10(5), 453-458. (`link <{doi}>`__)
+""".format(
+    SCOPE_GROUP=SCOPE_GROUP, doi=NUCLEAIZER_DOI
+)
+
+
+def _backend():
+    try:
+        import nucleaizer_backend
+    except ImportError as e:
+        raise ImportError("%s; import failed with: %s" % (INSTALL_HINT, e)) from e
+    return nucleaizer_backend
+
+
+def _feature(name):
+    return "%s_%s" % (C_NUCLEUS_SIZE, name)
+
+
+def _estimate_to_dict(estimate):
+    return {
+        "median_diameter": float(estimate.median_diameter),
+        "spread": float(estimate.spread),
+        "count": int(estimate.count),
+        "reliable": bool(estimate.reliable),
+        "diameters": [float(v) for v in numpy.asarray(estimate.diameters).ravel()],
+    }
+
+
+def _dict_to_estimate(d):
+    from nucleaizer_backend import SizeEstimate
+
+    return SizeEstimate(
+        d["median_diameter"],
+        d["spread"],
+        d["count"],
+        d["reliable"],
+        numpy.asarray(d["diameters"], float),
+    )
+
+
+class EstimateNucleusSize(Module):
+    category = "Measurement"
+
+    module_name = "EstimateNucleusSize"
+
+    variable_revision_number = 1
+
+    doi = {
+        "Please cite nucleAIzer when using EstimateNucleusSize:": NUCLEAIZER_DOI,
+    }
+
+    def create_settings(self):
+        self.image_name = ImageSubscriber(
+            "Select the input image",
+            doc="""\
+Select the image whose nuclei to measure: a 2D grayscale or colour image (fluorescence,
+brightfield, H&E...). No preprocessing is needed.""",
+        )
+
+        self.scope = Choice(
+            "Estimate the size for each image or for the whole group?",
+            [SCOPE_EACH, SCOPE_GROUP],
+            SCOPE_EACH,
+            doc="""\
+-  *%(SCOPE_EACH)s:* One estimate per image, from that image's nuclei.
+-  *%(SCOPE_GROUP)s:* One estimate from the nuclei of all images of the group (as defined
+   in **Groups**; without grouping, all images of the run), so that every image of, say, a
+   plate is segmented at the same scale; more robust for images with few nuclei. The sizes
+   are computed before the group's first cycle, so they are available downstream from the
+   first image on. The per-image values are still reported as
+   *NucleusSize_ImageMedianDiameter* and *NucleusSize_ImageCount*.
+"""
+            % globals(),
+        )
+
+        self.model_choice = Choice(
+            "Model",
+            [MODEL_DEFAULT, MODEL_CUSTOM],
+            MODEL_DEFAULT,
+            doc="""\
+-  *%(MODEL_DEFAULT)s:* The preseg network installed with the backend.
+-  *%(MODEL_CUSTOM)s:* The preseg network of a model folder (its ``preseg.safetensors``; a
+   folder without one, or a single network file, uses the default preseg network).
+"""
+            % globals(),
+        )
+
+        self.model_directory = Directory(
+            "Model location",
+            doc="""\
+*(Used only with a custom model)*
+
+The folder that holds the model: the model folder itself (leave the name below blank) or
+the folder that contains it (enter its name below).""",
+        )
+
+        def get_directory_fn():
+            return self.model_directory.get_absolute_path()
+
+        def set_directory_fn(path):
+            dir_choice, custom_path = self.model_directory.get_parts_from_path(path)
+            self.model_directory.join_parts(dir_choice, custom_path)
+
+        self.model_name = Filename(
+            "Model folder or file name",
+            "",
+            get_directory_fn=get_directory_fn,
+            set_directory_fn=set_directory_fn,
+            browse_msg="Choose a model network file (.safetensors)",
+            exts=[("nucleAIzer network (*.safetensors)", "*.safetensors"), ("All files (*.*)", "*.*")],
+            doc="""\
+*(Used only with a custom model)*
+
+Name of the model folder or network file inside the model location; blank when the model
+location is the model folder itself.""",
+        )
+
+        self.confidence = Float(
+            "Detection confidence threshold",
+            0.5,
+            minval=0.0,
+            maxval=1.0,
+            doc="""\
+Minimum confidence (0 to 1) of the preseg network's detections that are measured. 0.5
+suits most images.""",
+        )
+
+        self.want_objects = Binary(
+            "Save the measured nuclei as objects?",
+            False,
+            doc="""\
+Select *Yes* to also output the nuclei that the size was measured on, as objects (for
+example to overlay their outlines for quality control). These come from the size-robust
+preseg network at the scale it measured at: a quick segmentation, less accurate than
+**SegmentNucleiStyleAdapted**. In group mode this runs the preseg network a second time on
+each image.""",
+        )
+
+        self.objects_name = LabelName(
+            "Name the objects",
+            "PresegNuclei",
+            doc="""\
+*(Used only when saving the measured nuclei as objects)*
+
+Name of the objects, for use by downstream modules.""",
+        )
+
+        self.use_gpu = Binary(
+            "Use GPU when available?",
+            True,
+            doc="""\
+Select *Yes* to run the network on an NVIDIA GPU (CUDA) when PyTorch can see one, else the
+CPU; *No* always uses the CPU.""",
+        )
+
+        self.gpu_memory_share = Float(
+            "GPU memory share for each worker",
+            0.25,
+            minval=0.01,
+            maxval=1.0,
+            doc="""\
+*(Used only when a GPU is used)*
+
+Largest fraction (0 to 1) of the GPU's memory that one CellProfiler worker process may use;
+this share times the number of workers should be at most 1. The limit applies to the whole
+worker process (all nucleAIzer modules in it).""",
+        )
+
+    def settings(self):
+        return [
+            self.image_name,
+            self.scope,
+            self.model_choice,
+            self.model_directory,
+            self.model_name,
+            self.confidence,
+            self.use_gpu,
+            self.gpu_memory_share,
+            self.want_objects,
+            self.objects_name,
+        ]
+
+    def visible_settings(self):
+        result = [self.image_name, self.scope, self.model_choice]
+        if self.model_choice == MODEL_CUSTOM:
+            result += [self.model_directory, self.model_name]
+        result += [self.confidence, self.use_gpu]
+        if self.use_gpu:
+            result += [self.gpu_memory_share]
+        result += [self.want_objects]
+        if self.want_objects:
+            result += [self.objects_name]
+        return result
+
+    def help_settings(self):
+        return self.settings()
+
+    def upgrade_settings(self, setting_values, variable_revision_number, module_name):
+        """Revision 1 is the first released layout; add conversion steps here when the
+        settings change (and bump ``variable_revision_number``)."""
+        if variable_revision_number > self.variable_revision_number:
+            raise ValueError(
+                "%s: the pipeline was saved by a newer version of this module (settings "
+                "revision %d; this version reads up to %d). Update the nucleAIzer plugins."
+                % (self.module_name, variable_revision_number, self.variable_revision_number)
+            )
+        return setting_values, variable_revision_number
+
+    def volumetric(self):
+        return False
+
+    def is_aggregation_module(self):
+        """In group mode every image of a group must be processed by the same worker."""
+        return self.scope == SCOPE_GROUP
+
+    # ------------------------------------------------------------------ model and paths
+
+    def model_path(self):
+        if self.model_choice != MODEL_CUSTOM:
+            return None
+        directory = self.model_directory.get_absolute_path()
+        name = self.model_name.value.strip()
+        return os.path.join(directory, name) if name else directory
+
+    def device(self):
+        return "auto" if self.use_gpu.value else "cpu"
+
+    def prepare_to_create_batch(self, workspace, fn_alter_path):
+        self.model_directory.alter_for_create_batch_files(fn_alter_path)
+        return True
+
+    def validate_module(self, pipeline):
+        try:
+            _backend()
+        except ImportError as e:
+            raise ValidationError(str(e), self.model_choice)
+        from nucleaizer_backend.errors import ModelFileError
+        from nucleaizer_backend.models.io import MAIN_FILE, read_network_meta, resolve_model_path
+
+        setting = self.model_name if self.model_choice == MODEL_CUSTOM else self.model_choice
+        try:
+            path = resolve_model_path(self.model_path())
+            read_network_meta(path / MAIN_FILE if path.is_dir() else path)
+        except ModelFileError as e:
+            raise ValidationError("Cannot use the model: %s" % e, setting)
+        for module in pipeline.modules():
+            if module is self or module.module_num >= self.module_num:
+                break
+            if module.module_name == self.module_name:
+                raise ValidationError(
+                    "Only one %s module per pipeline: its NucleusSize measurements would "
+                    "overwrite those of module #%d" % (self.module_name, module.module_num),
+                    self.image_name,
+                )
+
+    def validate_module_warnings(self, pipeline):
+        if self.scope == SCOPE_GROUP and not pipeline.is_image_from_file(self.image_name.value):
+            raise ValidationError(
+                "Pooling a group runs the modules before this one once more for every image "
+                "of the group before the group starts. That is cheap when the input image "
+                "comes from NamesAndTypes, but %r is made by a processing module." % self.image_name.value,
+                self.scope,
+            )
+
+    # ------------------------------------------------------------------ computing
+
+    def _limit_gpu_memory(self):
+        if not self.use_gpu.value:
+            return
+        import torch
+
+        if not torch.cuda.is_available():
+            return
+        from nucleaizer_backend.device import set_memory_fraction
+
+        set_memory_fraction(self.gpu_memory_share.value, "cuda")
+
+    def _estimate(self, image, image_number, return_labels=False):
+        """SizeEstimate of one CellProfiler image (clear error for 3D); with
+        ``return_labels`` its ``labels`` are the measured nuclei."""
+        backend = _backend()
+        if image.volumetric:
+            raise backend.InputImageError(
+                "%s measures 2D images, but image %r is a 3D volume (shape %s). Load the "
+                "stack as 2D planes in NamesAndTypes."
+                % (self.module_name, self.image_name.value, image.pixel_data.shape)
+            )
+        self._limit_gpu_memory()
+        try:
+            return backend.estimate_size(
+                image.pixel_data,
+                model=self.model_path(),
+                device=self.device(),
+                confidence=float(self.confidence.value),
+                return_labels=return_labels,
+            )
+        except backend.NucleaizerError as e:
+            raise type(e)(
+                "%s on image %r (#%d): %s" % (self.module_name, self.image_name.value, image_number, e)
+            ) from e
+
+    def _stop_module(self, pipeline):
+        """The module just after the one that provides the input image."""
+        providers = pipeline.get_provider_dictionary(self.image_name.group, self)
+        if self.image_name.value not in providers:
+            return self
+        source = providers[self.image_name.value][-1][0]
+        modules = list(pipeline.modules())
+        return modules[modules.index(source) + 1]
+
+    def prepare_group(self, workspace, grouping, image_numbers):
+        """In group mode, estimate every image of the group now and pool them."""
+        d = self.get_dictionary()
+        d.clear()
+        if self.scope != SCOPE_GROUP or len(image_numbers) == 0:
+            return True
+        backend = _backend()
+        pipeline = workspace.pipeline
+        stop = self._stop_module(pipeline)
+        images, estimates = {}, []
+        # The measurements object is also the image set. Between groups it still holds the
+        # image providers and cached images of the previous group's last cycle, which would
+        # be returned instead of this group's images: set them aside while we work.
+        m = workspace.measurements
+        saved_providers = list(m.providers)
+        del m.providers[:]
+        m.clear_cache()
+        try:
+            for w in pipeline.run_group_with_yield(
+                workspace,
+                grouping,
+                image_numbers,
+                stop,
+                "#%d: %s" % (self.module_num, self.module_name),
+                "%s is measuring the nuclei of %d images" % (self.module_name, len(image_numbers)),
+            ):
+                number = int(w.measurements.image_set_number)
+                image = w.image_set.get_image(self.image_name.value, cache=False)
+                try:
+                    estimate = self._estimate(image, number)
+                except backend.NucleaizerError as e:
+                    LOGGER.warning("%s", e)
+                    images[str(number)] = {"error": str(e)}
+                else:
+                    images[str(number)] = _estimate_to_dict(estimate)
+                    estimates.append(estimate)
+                w.image_set.clear_cache()
+                del w.image_set.providers[:]
+        finally:
+            m.clear_cache()
+            del m.providers[:]
+            m.providers.extend(saved_providers)
+        pooled = backend.SizeEstimate.pooled(estimates)
+        d[D_GROUP] = [int(n) for n in image_numbers]
+        d[D_IMAGES] = images
+        d[D_POOLED] = _estimate_to_dict(pooled)
+        return True
+
+    def run(self, workspace):
+        m = workspace.measurements
+        number = int(m.image_set_number)
+        d = self.get_dictionary()
+        want_objects = bool(self.want_objects.value)
+        image = None
+        if self.scope == SCOPE_GROUP and str(number) in d.get(D_IMAGES, {}):
+            entry = d[D_IMAGES][str(number)]
+            if "error" in entry:
+                raise _backend().InputImageError(entry["error"])
+            used = _dict_to_estimate(d[D_POOLED])
+            if want_objects:
+                image = workspace.image_set.get_image(self.image_name.value)
+                own = self._estimate(image, number, return_labels=True)
+            else:
+                own = _dict_to_estimate(entry)
+        else:
+            if self.scope == SCOPE_GROUP:
+                LOGGER.warning(
+                    "%s: image #%d was not measured with its group; using its own estimate",
+                    self.module_name,
+                    number,
+                )
+            image = workspace.image_set.get_image(self.image_name.value)
+            own = used = self._estimate(image, number, return_labels=want_objects)
+
+        values = {
+            FTR_MEDIAN_DIAMETER: float(used.median_diameter),
+            FTR_SPREAD: float(used.spread),
+            FTR_COUNT: int(used.count),
+            FTR_RELIABLE: int(bool(used.reliable)),
+            FTR_IMAGE_MEDIAN_DIAMETER: float(own.median_diameter),
+            FTR_IMAGE_COUNT: int(own.count),
+        }
+        for feature, value in values.items():
+            m.add_image_measurement(_feature(feature), value)
+
+        labels = None
+        if want_objects:
+            labels = numpy.asarray(own.labels).astype(numpy.int32)
+            if labels.size < 2:
+                # CellProfiler's object store cannot hold a one-pixel label image.
+                raise _backend().InputImageError(
+                    "%s: image %r has shape %s; CellProfiler objects need an image of at "
+                    "least 2 pixels (the size measurements were recorded)"
+                    % (self.module_name, self.image_name.value, labels.shape)
+                )
+            self._add_objects(workspace, labels, image)
+
+        if self.show_window:
+            if image is None:
+                image = workspace.image_set.get_image(self.image_name.value)
+            statistics = [
+                ["This image: median diameter", "%.1f px" % own.median_diameter],
+                ["This image: nuclei measured", "%d" % own.count],
+                ["This image: spread (IQR/median)", _fmt(own.spread)],
+            ]
+            if self.scope == SCOPE_GROUP:
+                statistics += [
+                    ["Group: median diameter", "%.1f px" % used.median_diameter],
+                    ["Group: nuclei measured", "%d" % used.count],
+                    ["Group: spread (IQR/median)", _fmt(used.spread)],
+                    ["Group: images", "%d" % len(d.get(D_GROUP, []))],
+                ]
+            statistics += [["Reliable", "yes" if used.reliable else "no (too few nuclei)"]]
+            workspace.display_data.image = image.pixel_data
+            workspace.display_data.multichannel = bool(image.multichannel)
+            workspace.display_data.diameters = numpy.asarray(own.diameters, float)
+            workspace.display_data.statistics = statistics
+            workspace.display_data.labels = labels
+
+    def _add_objects(self, workspace, labels, image):
+        """The measured nuclei as objects, with the standard Count/Location/Number."""
+        name = self.objects_name.value
+        objects = Objects()
+        objects.segmented = labels
+        objects.parent_image = image
+        workspace.object_set.add_objects(objects, name)
+        centers = objects.center_of_mass()
+        if len(centers) == 0:
+            center_y, center_x = numpy.zeros(0), numpy.zeros(0)
+        else:
+            center_y, center_x = numpy.asarray(centers).transpose()
+        m = workspace.measurements
+        m.add_measurement(name, M_LOCATION_CENTER_X, center_x)
+        m.add_measurement(name, M_LOCATION_CENTER_Y, center_y)
+        m.add_measurement(name, M_LOCATION_CENTER_Z, numpy.zeros(len(center_x)))
+        m.add_measurement(name, M_NUMBER_OBJECT_NUMBER, numpy.arange(1, objects.count + 1))
+        m.add_measurement(IMAGE, FF_COUNT % name, numpy.array([objects.count], dtype=float))
+
+    def display(self, workspace, figure):
+        d = workspace.display_data
+        figure.set_subplots((3, 1))
+        title = "%s, cycle #%d" % (self.image_name.value, workspace.measurements.image_number)
+        kwargs = {}
+        if d.labels is not None:
+            kwargs["cplabels"] = [dict(name=self.objects_name.value, labels=[d.labels])]
+        if d.multichannel:
+            figure.subplot_imshow_color(0, 0, d.image, title, normalize=False, **kwargs)
+        else:
+            figure.subplot_imshow_grayscale(0, 0, d.image, title, **kwargs)
+        figure.subplot_histogram(
+            1, 0, d.diameters, bins=20, xlabel="Nucleus diameter (px)", title="Nuclei of this image"
+        )
+        figure.subplot_table(
+            2,
+            0,
+            [[value] for _, value in d.statistics],
+            row_labels=[name for name, _ in d.statistics],
+        )
+
+    # ------------------------------------------------------------------ measurements
+
+    def get_measurement_columns(self, pipeline):
+        columns = [(IMAGE, _feature(name), coltype) for name, coltype in FEATURES]
+        if self.want_objects:
+            name = self.objects_name.value
+            columns += [
+                (name, M_LOCATION_CENTER_X, COLTYPE_FLOAT),
+                (name, M_LOCATION_CENTER_Y, COLTYPE_FLOAT),
+                (name, M_LOCATION_CENTER_Z, COLTYPE_FLOAT),
+                (name, M_NUMBER_OBJECT_NUMBER, COLTYPE_INTEGER),
+                (IMAGE, FF_COUNT % name, COLTYPE_INTEGER),
+            ]
+        return columns
+
+    def get_categories(self, pipeline, object_name):
+        if object_name == IMAGE:
+            return [C_NUCLEUS_SIZE] + ([C_COUNT] if self.want_objects else [])
+        if self.want_objects and object_name == self.objects_name.value:
+            return [C_LOCATION, C_NUMBER]
+        return []
+
+    def get_measurements(self, pipeline, object_name, category):
+        if object_name == IMAGE and category == C_NUCLEUS_SIZE:
+            return [name for name, _ in FEATURES]
+        if self.want_objects:
+            if object_name == IMAGE and category == C_COUNT:
+                return [self.objects_name.value]
+            if object_name == self.objects_name.value:
+                if category == C_LOCATION:
+                    return [FTR_CENTER_X, FTR_CENTER_Y, FTR_CENTER_Z]
+                if category == C_NUMBER:
+                    return [FTR_OBJECT_NUMBER]
+        return []
+
+
+def _fmt(value):
+    return "-" if not math.isfinite(value) else "%.2f" % value

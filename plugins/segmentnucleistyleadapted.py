@@ -1,0 +1,692 @@
+"""SegmentNucleiStyleAdapted: nucleAIzer nucleus segmentation as a CellProfiler module.
+
+All image and model logic lives in the ``nucleaizer_backend`` package (installed into the
+same Python environment as CellProfiler); this file only translates between CellProfiler's
+settings, images, objects and measurements and the backend's ``segment_image``.
+"""
+
+import logging
+import math
+import os
+
+import numpy
+from cellprofiler_core.constants.measurement import (
+    COLTYPE_FLOAT,
+    COLTYPE_INTEGER,
+    C_COUNT,
+    C_LOCATION,
+    C_NUMBER,
+    IMAGE,
+)
+from cellprofiler_core.image import Image
+from cellprofiler_core.module.image_segmentation import ImageSegmentation
+from cellprofiler_core.object import Objects
+from cellprofiler_core.setting import Binary, Measurement, ValidationError
+from cellprofiler_core.setting.choice import Choice
+from cellprofiler_core.setting.subscriber import ImageSubscriber
+from cellprofiler_core.setting.text import Directory, Filename, Float, ImageName, LabelName
+
+LOGGER = logging.getLogger(__name__)
+
+NUCLEAIZER_DOI = "https://doi.org/10.1016/j.cels.2020.04.003"
+
+__doc__ = """\
+SegmentNucleiStyleAdapted
+=========================
+
+**SegmentNucleiStyleAdapted** finds cell nuclei with the nucleAIzer deep-learning method
+(a Mask R-CNN that works at a fixed nucleus size, after rescaling each image so that its
+nuclei have that size). It is meant as a drop-in replacement for **IdentifyPrimaryObjects**
+for nuclei: no threshold or declumping parameters to tune, and it works on fluorescence,
+brightfield and H&E-like tissue images alike (gray or colour; nuclei may be bright on dark
+or dark on bright: the image is normalised and, when needed, inverted internally).
+
+The nuclei come out as ordinary CellProfiler objects, ready for **IdentifySecondaryObjects**
+(as seeds), **MeasureObjectSizeShape**, **MeasureObjectIntensity**, **ClassifyObjects**,
+**ExportToSpreadsheet**, etc.
+
+|
+
+============ ============ ===============
+Supports 2D? Supports 3D? Respects masks?
+============ ============ ===============
+YES          NO           YES
+============ ============ ===============
+
+See also
+^^^^^^^^
+
+See also **EstimateNucleusSize** (typical nucleus diameter of each image or image group,
+usable as this module's nucleus size), **IdentifyPrimaryObjects** (classical segmentation)
+and **IdentifySecondaryObjects** (cells grown from these nuclei).
+
+What do I need as input?
+^^^^^^^^^^^^^^^^^^^^^^^^
+
+A 2D image, grayscale or colour, as loaded by **NamesAndTypes** (any bit depth). 3D images
+are not supported: split a stack into planes (load it as 2D planes in **NamesAndTypes**).
+The module needs the ``nucleaizer_backend`` Python package installed in CellProfiler's
+Python environment (see the project's README).
+
+The most important setting is the **nucleus size**: the network segments best when the
+image is rescaled so that nuclei are about 40 pixels across. Leave it on *Automatic* (a
+size-robust "preseg" network measures each image first), take it from a measurement made by
+**EstimateNucleusSize** (for example one size per plate), or type the typical diameter.
+
+What do I get as output?
+^^^^^^^^^^^^^^^^^^^^^^^^
+
+Nucleus objects (non-overlapping, same size as the input image) and, optionally, an image of
+the network's per-pixel nucleus probability.
+
+The display window shows the input image, the objects as a label image, the input with the
+objects' outlines and a table with the number of nuclei, their median diameter, the nucleus
+diameter and rescaling factor used, and the time taken.
+
+Measurements made by this module
+^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^
+
+**Image measurements:**
+
+-  *Count:* The number of nuclei found.
+-  *Nucleaizer_Diameter:* The nucleus diameter (pixels) the image was rescaled for: the
+   manual value, the measurement's value, or the automatic estimate.
+-  *Nucleaizer_Scale:* The rescaling factor actually applied (working size / original size).
+-  *Nucleaizer_ScaleClamped:* 1 when the wanted rescaling was outside the allowed range or
+   the working image would have been too large, so a smaller or larger factor was used
+   (check the diameter in that case), else 0.
+-  *Nucleaizer_SizeReliable:* 0 when the automatic size estimate measured fewer than 5
+   nuclei (the median of those few, or the default 20 px when none, was used), else 1.
+
+**Object measurements:**
+
+-  *Location_Center_X, Location_Center_Y, Location_Center_Z:* Object centroid (pixels).
+-  *Number_Object_Number:* Object number.
+-  *Nucleaizer_Confidence:* (optional) The network's detection confidence (0-1).
+
+Technical notes
+^^^^^^^^^^^^^^^
+
+The image is normalised between robust percentiles, rescaled so that nuclei are about
+40 pixels across, segmented by Mask R-CNN (in overlapping tiles for large images), and the
+detections are painted most-confident first into a label image of the input's size.
+Trained networks are loaded once per worker process and reused (per model file and device).
+
+References
+^^^^^^^^^^
+
+-  Hollandi R, Szkalisity A, Toth T, Tasnadi E, Molnar C, Mathe B, Grexa I, Molnar J,
+   Balind A, Gorbe M, Kovacs M, Migh E, Goodman A, Balassa T, Koos K, Wang W, Caicedo JC,
+   Bara N, Kovacs F, Paavolainen L, Danka T, Kriston A, Carpenter AE, Smith K, Horvath P
+   (2020) "nucleAIzer: A parameter-free deep learning framework for nucleus segmentation
+   using image style transfer." *Cell Systems* 10(5), 453-458.
+   (`link <{doi}>`__)
+-  He K, Gkioxari G, Dollar P, Girshick R (2017) "Mask R-CNN." *ICCV*, 2961-2969.
+   (`link <https://doi.org/10.1109/ICCV.2017.322>`__)
+""".format(
+    doi=NUCLEAIZER_DOI
+)
+
+MODEL_DEFAULT = "Default (shipped)"
+MODEL_CUSTOM = "Custom"
+
+SIZE_AUTOMATIC = "Automatic (per image)"
+SIZE_MEASUREMENT = "From an image measurement"
+SIZE_MANUAL = "Manual"
+
+C_NUCLEAIZER = "Nucleaizer"
+FTR_DIAMETER = "Diameter"
+FTR_SCALE = "Scale"
+FTR_SCALE_CLAMPED = "ScaleClamped"
+FTR_SIZE_RELIABLE = "SizeReliable"
+FTR_CONFIDENCE = "Confidence"
+IMAGE_FEATURES = (
+    (FTR_DIAMETER, COLTYPE_FLOAT),
+    (FTR_SCALE, COLTYPE_FLOAT),
+    (FTR_SCALE_CLAMPED, COLTYPE_INTEGER),
+    (FTR_SIZE_RELIABLE, COLTYPE_INTEGER),
+)
+M_CONFIDENCE = "%s_%s" % (C_NUCLEAIZER, FTR_CONFIDENCE)
+
+INSTALL_HINT = (
+    "the nucleaizer_backend Python package is not installed in CellProfiler's Python "
+    "environment (install it with pip from the project folder: pip install -e .)"
+)
+
+
+def _backend():
+    """The backend package, or a clear error when it is missing."""
+    try:
+        import nucleaizer_backend
+    except ImportError as e:
+        raise ImportError("%s; import failed with: %s" % (INSTALL_HINT, e)) from e
+    return nucleaizer_backend
+
+
+def image_feature(feature, object_name):
+    """Image measurement name, e.g. Nucleaizer_Diameter_Nuclei."""
+    return "%s_%s_%s" % (C_NUCLEAIZER, feature, object_name)
+
+
+class SegmentNucleiStyleAdapted(ImageSegmentation):
+    category = "Object Processing"
+
+    module_name = "SegmentNucleiStyleAdapted"
+
+    variable_revision_number = 1
+
+    doi = {
+        "Please cite nucleAIzer when using SegmentNucleiStyleAdapted:": NUCLEAIZER_DOI,
+    }
+
+    def create_settings(self):
+        self.x_name = ImageSubscriber(
+            "Select the input image",
+            doc="""\
+Select the image to segment: a 2D grayscale or colour image of nuclei (fluorescent DNA stain,
+brightfield, H&E...). Intensities need no preparation: the image is normalised internally,
+and images whose nuclei are darker than the background are handled without inverting them.""",
+        )
+
+        self.y_name = LabelName(
+            "Name the nuclei objects",
+            "Nuclei",
+            doc="""\
+Enter the name to give the nucleus objects produced by this module. Downstream modules
+(IdentifySecondaryObjects, MeasureObjectSizeShape...) select them by this name.""",
+        )
+
+        self.model_choice = Choice(
+            "Model",
+            [MODEL_DEFAULT, MODEL_CUSTOM],
+            MODEL_DEFAULT,
+            doc="""\
+-  *%(MODEL_DEFAULT)s:* The general nucleAIzer model installed with the backend, trained on
+   fluorescence and brightfield/H&E nuclei.
+-  *%(MODEL_CUSTOM)s:* A model folder (holding ``main.safetensors`` and optionally
+   ``preseg.safetensors`` and ``model.json``) or a single ``.safetensors`` network file, for
+   example a model adapted to your experiment's image style by style adaptation training.
+"""
+            % globals(),
+        )
+
+        self.model_directory = Directory(
+            "Model location",
+            doc="""\
+*(Used only with a custom model)*
+
+The folder that holds the model: either the model folder itself (leave the name below
+blank) or the folder that contains it or the network file (enter its name below). Using the
+Default Input/Output Folder or a subfolder of them keeps the pipeline portable between
+computers and cluster nodes.""",
+        )
+
+        def get_directory_fn():
+            return self.model_directory.get_absolute_path()
+
+        def set_directory_fn(path):
+            dir_choice, custom_path = self.model_directory.get_parts_from_path(path)
+            self.model_directory.join_parts(dir_choice, custom_path)
+
+        self.model_name = Filename(
+            "Model folder or file name",
+            "",
+            get_directory_fn=get_directory_fn,
+            set_directory_fn=set_directory_fn,
+            browse_msg="Choose a model network file (.safetensors)",
+            exts=[("nucleAIzer network (*.safetensors)", "*.safetensors"), ("All files (*.*)", "*.*")],
+            doc="""\
+*(Used only with a custom model)*
+
+Name of the model folder or of the ``.safetensors`` network file inside the model location.
+Leave blank when the model location is the model folder itself.""",
+        )
+
+        self.size_choice = Choice(
+            "Nucleus size",
+            [SIZE_AUTOMATIC, SIZE_MEASUREMENT, SIZE_MANUAL],
+            SIZE_AUTOMATIC,
+            doc="""\
+How to choose the typical nucleus diameter, which sets how much each image is rescaled
+before segmentation (nuclei are brought to about 40 pixels across). The network tolerates
+roughly a factor of two error in the diameter.
+
+-  *%(SIZE_AUTOMATIC)s:* A size-robust network measures the nuclei of each image first
+   (this roughly doubles the time per image). If it finds fewer than 5 nuclei, the
+   *Nucleaizer_SizeReliable* measurement is 0 (and with none at all the default diameter of
+   20 px is used).
+-  *%(SIZE_MEASUREMENT)s:* Use an image measurement made by an earlier module, typically
+   *NucleusSize_MedianDiameter* from **EstimateNucleusSize** (which can also pool all the
+   images of a group, e.g. a plate, into one size). If the measurement is missing, not a
+   number or not positive for an image, the size is estimated automatically for that image
+   and a warning is logged.
+-  *%(SIZE_MANUAL)s:* Type the typical nucleus diameter in pixels. Fastest; best when all
+   images share the same magnification.
+"""
+            % globals(),
+        )
+
+        self.size_measurement = Measurement(
+            "Measurement giving the nucleus diameter (px)",
+            lambda: IMAGE,
+            "NucleusSize_MedianDiameter",
+            doc="""\
+*(Used only when the nucleus size comes from an image measurement)*
+
+Select the image measurement that holds the typical nucleus diameter in pixels, e.g.
+*NucleusSize* > *MedianDiameter* made by **EstimateNucleusSize**.""",
+        )
+
+        self.manual_diameter = Float(
+            "Typical nucleus diameter (px)",
+            20.0,
+            minval=1.0,
+            doc="""\
+*(Used only with a manual nucleus size)*
+
+The typical diameter of a nucleus in pixels, e.g. measured on a few nuclei with the
+measuring tool of the image viewer.""",
+        )
+
+        self.confidence = Float(
+            "Detection confidence threshold",
+            0.5,
+            minval=0.0,
+            maxval=1.0,
+            doc="""\
+Minimum network confidence (0 to 1) for a detection to become an object. Lower it to find
+faint or unusual nuclei (at the risk of false detections), raise it to keep only clear
+ones. 0.5 suits most images.""",
+        )
+
+        self.use_gpu = Binary(
+            "Use GPU when available?",
+            True,
+            doc="""\
+Select *Yes* to run the network on an NVIDIA GPU (CUDA) when PyTorch can see one; the
+module falls back to the CPU when there is none, so pipelines stay portable. Select *No*
+to always use the CPU.""",
+        )
+
+        self.gpu_memory_share = Float(
+            "GPU memory share for each worker",
+            0.25,
+            minval=0.01,
+            maxval=1.0,
+            doc="""\
+*(Used only when a GPU is used)*
+
+Largest fraction (0 to 1) of the GPU's memory that one CellProfiler worker process may use.
+CellProfiler runs several workers at once (see *Preferences > Maximum number of worker
+processes*), each with its own copy of the model: choose the share so that it times the
+number of workers (times the number of CellProfiler instances sharing the GPU) is at most 1.
+For a single headless process, 1.0 is fine.""",
+        )
+
+        self.use_mask = Binary(
+            "Restrict detection to a mask?",
+            False,
+            doc="""\
+Select *Yes* to keep only nuclei that lie (mostly) inside a mask image, for example a region
+of interest or the tissue area; nuclei are clipped to the mask. A mask already attached to
+the input image (e.g. by **MaskImage** or **Crop**) is always respected.""",
+        )
+
+        self.mask_name = ImageSubscriber(
+            "Select the mask image",
+            doc="""\
+*(Used only when restricting detection to a mask)*
+
+A binary image (or any image: non-zero pixels count as inside) of the same size as the input
+image. Objects with at least half their area inside the mask are kept.""",
+        )
+
+        self.want_confidence = Binary(
+            "Measure each nucleus's detection confidence?",
+            True,
+            doc="""\
+Select *Yes* to record the network's confidence for each nucleus as the object measurement
+*Nucleaizer_Confidence* (useful for filtering with **FilterObjects** or for quality
+control).""",
+        )
+
+        self.want_probability = Binary(
+            "Save the nucleus probability image?",
+            False,
+            doc="""\
+Select *Yes* to also produce an image of the network's nucleus probability (0-1) at each
+pixel, for example to inspect uncertain regions or to save with **SaveImages**.""",
+        )
+
+        self.probability_name = ImageName(
+            "Name the probability image",
+            "NucleusProbability",
+            doc="""\
+*(Used only when saving the probability image)*
+
+Name of the nucleus probability image, for use by downstream modules.""",
+        )
+
+    def settings(self):
+        return [
+            self.x_name,
+            self.y_name,
+            self.model_choice,
+            self.model_directory,
+            self.model_name,
+            self.size_choice,
+            self.size_measurement,
+            self.manual_diameter,
+            self.confidence,
+            self.use_gpu,
+            self.gpu_memory_share,
+            self.use_mask,
+            self.mask_name,
+            self.want_confidence,
+            self.want_probability,
+            self.probability_name,
+        ]
+
+    def visible_settings(self):
+        result = [self.x_name, self.y_name, self.model_choice]
+        if self.model_choice == MODEL_CUSTOM:
+            result += [self.model_directory, self.model_name]
+        result += [self.size_choice]
+        if self.size_choice == SIZE_MEASUREMENT:
+            result += [self.size_measurement]
+        elif self.size_choice == SIZE_MANUAL:
+            result += [self.manual_diameter]
+        result += [self.confidence, self.use_gpu]
+        if self.use_gpu:
+            result += [self.gpu_memory_share]
+        result += [self.use_mask]
+        if self.use_mask:
+            result += [self.mask_name]
+        result += [self.want_confidence, self.want_probability]
+        if self.want_probability:
+            result += [self.probability_name]
+        return result
+
+    def help_settings(self):
+        return self.settings()
+
+    def upgrade_settings(self, setting_values, variable_revision_number, module_name):
+        """Bring settings saved by an older version of this module to the current layout.
+
+        Revision 1 is the first released layout. When settings are added or changed, bump
+        ``variable_revision_number`` and add a step here that converts the old values."""
+        if variable_revision_number > self.variable_revision_number:
+            raise ValueError(
+                "%s: the pipeline was saved by a newer version of this module (settings "
+                "revision %d; this version reads up to %d). Update the nucleAIzer plugins."
+                % (self.module_name, variable_revision_number, self.variable_revision_number)
+            )
+        return setting_values, variable_revision_number
+
+    def volumetric(self):
+        return False
+
+    def is_object_identification_module(self):
+        return True
+
+    # ------------------------------------------------------------------ paths and model
+
+    def model_path(self):
+        """The custom model's absolute path, or None for the shipped model."""
+        if self.model_choice != MODEL_CUSTOM:
+            return None
+        directory = self.model_directory.get_absolute_path()
+        name = self.model_name.value.strip()
+        return os.path.join(directory, name) if name else directory
+
+    def device(self):
+        return "auto" if self.use_gpu.value else "cpu"
+
+    def prepare_to_create_batch(self, workspace, fn_alter_path):
+        """Map the model location to the cluster's file system for CreateBatchFiles."""
+        self.model_directory.alter_for_create_batch_files(fn_alter_path)
+        return True
+
+    def validate_module(self, pipeline):
+        try:
+            _backend()
+        except ImportError as e:
+            raise ValidationError(str(e), self.model_choice)
+        from nucleaizer_backend.errors import ModelFileError
+        from nucleaizer_backend.models.io import MAIN_FILE, read_network_meta, resolve_model_path
+
+        setting = self.model_name if self.model_choice == MODEL_CUSTOM else self.model_choice
+        try:
+            path = resolve_model_path(self.model_path())
+            read_network_meta(path / MAIN_FILE if path.is_dir() else path)
+        except ModelFileError as e:
+            raise ValidationError("Cannot use the model: %s" % e, setting)
+        if self.size_choice == SIZE_MANUAL and not self.manual_diameter.value > 0:
+            raise ValidationError("The nucleus diameter must be positive", self.manual_diameter)
+        if self.use_mask and self.mask_name.value == self.x_name.value:
+            raise ValidationError(
+                "The mask image must not be the image being segmented", self.mask_name
+            )
+
+    # ------------------------------------------------------------------ run
+
+    def _limit_gpu_memory(self):
+        if not self.use_gpu.value:
+            return
+        import torch
+
+        if not torch.cuda.is_available():
+            return
+        key = ("gpu_memory_share", float(self.gpu_memory_share.value))
+        done = getattr(SegmentNucleiStyleAdapted, "_gpu_limit_set", None)
+        if done == key:
+            return
+        from nucleaizer_backend.device import set_memory_fraction
+
+        set_memory_fraction(self.gpu_memory_share.value, "cuda")
+        SegmentNucleiStyleAdapted._gpu_limit_set = key
+
+    def _diameter(self, workspace):
+        """Diameter in px for this image, or None to estimate it."""
+        if self.size_choice == SIZE_MANUAL:
+            return float(self.manual_diameter.value)
+        if self.size_choice == SIZE_MEASUREMENT:
+            name = self.size_measurement.value
+            m = workspace.measurements
+            value = None
+            if m.has_current_measurements(IMAGE, name):
+                value = m.get_current_image_measurement(name)
+            try:
+                value = float(value)
+            except (TypeError, ValueError):
+                value = float("nan")
+            if not (math.isfinite(value) and value > 0):
+                LOGGER.warning(
+                    "%s: measurement %s is %r for image #%d; estimating the nucleus size "
+                    "from the image instead",
+                    self.module_name,
+                    name,
+                    value,
+                    m.image_set_number,
+                )
+                return None
+            return value
+        return None
+
+    def _mask(self, workspace, image):
+        mask = image.mask if image.has_mask else None
+        if self.use_mask:
+            mask_image = workspace.image_set.get_image(self.mask_name.value)
+            data = mask_image.pixel_data
+            if data.ndim == 3 and mask_image.multichannel:
+                data = data.any(axis=-1)
+            if data.shape != image.pixel_data.shape[:2]:
+                from nucleaizer_backend import InputImageError
+
+                raise InputImageError(
+                    "mask image %r has shape %s but image %r has shape %s"
+                    % (
+                        self.mask_name.value,
+                        data.shape,
+                        self.x_name.value,
+                        image.pixel_data.shape[:2],
+                    )
+                )
+            data = data > 0
+            if mask_image.has_mask:
+                data = data & mask_image.mask
+            mask = data if mask is None else (mask & data)
+        return mask
+
+    def run(self, workspace):
+        backend = _backend()
+        x_name = self.x_name.value
+        y_name = self.y_name.value
+        image = workspace.image_set.get_image(x_name)
+        if image.volumetric:
+            raise backend.InputImageError(
+                "%s segments 2D images, but image %r is a 3D volume (shape %s). Load the "
+                "stack as separate 2D planes in NamesAndTypes (uncheck 'Process as 3D')."
+                % (self.module_name, x_name, image.pixel_data.shape)
+            )
+        pixels = image.pixel_data
+        if pixels.shape[0] * pixels.shape[1] < 2:
+            # CellProfiler's object store cannot hold a one-pixel label image.
+            raise backend.InputImageError(
+                "%s: image %r has shape %s; CellProfiler objects need an image of at least "
+                "2 pixels" % (self.module_name, x_name, pixels.shape)
+            )
+        self._limit_gpu_memory()
+        diameter = self._diameter(workspace)
+        try:
+            result = backend.segment_image(
+                pixels,
+                model=self.model_path(),
+                diameter=diameter,
+                device=self.device(),
+                confidence=float(self.confidence.value),
+                mask=self._mask(workspace, image),
+                return_probability=bool(self.want_probability.value),
+            )
+        except backend.NucleaizerError as e:
+            raise type(e)("%s on image %r: %s" % (self.module_name, x_name, e)) from e
+
+        labels = numpy.asarray(result.labels).astype(numpy.int32)
+        objects = Objects()
+        objects.segmented = labels
+        objects.parent_image = image
+        workspace.object_set.add_objects(objects, y_name)
+        self.add_measurements(workspace)
+
+        m = workspace.measurements
+        reliable = result.size_estimate is None or bool(result.size_estimate.reliable)
+        values = {
+            FTR_DIAMETER: float(result.diameter),
+            FTR_SCALE: float(result.scale),
+            FTR_SCALE_CLAMPED: int(bool(result.scale_clamped)),
+            FTR_SIZE_RELIABLE: int(reliable),
+        }
+        for feature, value in values.items():
+            m.add_image_measurement(image_feature(feature, y_name), value)
+        scores = numpy.asarray(result.scores, dtype=float)
+        if self.want_confidence:
+            m.add_measurement(y_name, M_CONFIDENCE, scores)
+
+        if self.want_probability:
+            probability = Image(
+                numpy.asarray(result.probability, dtype=numpy.float32),
+                parent_image=image,
+                dimensions=2,
+            )
+            workspace.image_set.add(self.probability_name.value, probability)
+
+        if self.show_window:
+            areas = numpy.bincount(labels.ravel())[1:]
+            areas = areas[areas > 0]
+            median_diameter = (
+                float(numpy.median(numpy.sqrt(4.0 * areas / numpy.pi))) if len(areas) else float("nan")
+            )
+            statistics = [
+                ["Nuclei", "%d" % objects.count],
+                ["Median nucleus diameter", "%.1f px" % median_diameter],
+                [
+                    "Diameter used" + ("" if diameter is not None else " (automatic)"),
+                    "%.1f px%s" % (result.diameter, "" if reliable else " (unreliable: too few nuclei)"),
+                ],
+                [
+                    "Scale (working / original)",
+                    "%.3g%s" % (result.scale, " (clamped)" if result.scale_clamped else ""),
+                ],
+                ["Median confidence", "%.2f" % float(numpy.median(scores)) if len(scores) else "-"],
+                ["Time", "%.1f s" % result.seconds],
+            ]
+            workspace.display_data.image = pixels
+            workspace.display_data.multichannel = bool(image.multichannel)
+            workspace.display_data.labels = labels
+            workspace.display_data.statistics = statistics
+
+    def display(self, workspace, figure):
+        d = workspace.display_data
+        figure.set_subplots((2, 2))
+        title = "Input image, cycle #%d" % (workspace.measurements.image_number,)
+        if d.multichannel:
+            ax = figure.subplot_imshow_color(0, 0, d.image, title, normalize=False)
+        else:
+            ax = figure.subplot_imshow_grayscale(0, 0, d.image, title)
+        figure.subplot_imshow_labels(1, 0, d.labels, self.y_name.value, sharexy=ax)
+        cplabels = [dict(name=self.y_name.value, labels=[d.labels])]
+        outline_title = "%s outlines" % self.y_name.value
+        if d.multichannel:
+            figure.subplot_imshow_color(
+                0, 1, d.image, outline_title, normalize=False, cplabels=cplabels, sharexy=ax
+            )
+        else:
+            figure.subplot_imshow_grayscale(
+                0, 1, d.image, outline_title, cplabels=cplabels, sharexy=ax
+            )
+        figure.subplot_table(
+            1,
+            1,
+            [[value] for _, value in d.statistics],
+            row_labels=[name for name, _ in d.statistics],
+        )
+
+    # ------------------------------------------------------------------ measurements
+
+    def get_measurement_columns(self, pipeline):
+        columns = super(SegmentNucleiStyleAdapted, self).get_measurement_columns(pipeline)
+        y_name = self.y_name.value
+        columns += [
+            (IMAGE, image_feature(feature, y_name), coltype) for feature, coltype in IMAGE_FEATURES
+        ]
+        if self.want_confidence:
+            columns += [(y_name, M_CONFIDENCE, COLTYPE_FLOAT)]
+        return columns
+
+    def get_categories(self, pipeline, object_name):
+        categories = super(SegmentNucleiStyleAdapted, self).get_categories(pipeline, object_name)
+        if object_name == IMAGE:
+            categories = categories + [C_NUCLEAIZER]
+        elif object_name == self.y_name.value and self.want_confidence:
+            categories = categories + [C_NUCLEAIZER]
+        return categories
+
+    def get_measurements(self, pipeline, object_name, category):
+        if category == C_NUCLEAIZER:
+            if object_name == IMAGE:
+                return [feature for feature, _ in IMAGE_FEATURES]
+            if object_name == self.y_name.value and self.want_confidence:
+                return [FTR_CONFIDENCE]
+            return []
+        return super(SegmentNucleiStyleAdapted, self).get_measurements(
+            pipeline, object_name, category
+        )
+
+    def get_measurement_objects(self, pipeline, object_name, category, measurement):
+        if (
+            object_name == IMAGE
+            and category == C_NUCLEAIZER
+            and measurement in [feature for feature, _ in IMAGE_FEATURES]
+        ):
+            return [self.y_name.value]
+        return []
