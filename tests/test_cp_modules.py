@@ -1,0 +1,698 @@
+"""The CellProfiler modules (plugins/) run in-process in real CellProfiler 4.2 workspaces.
+
+Everything here is real CellProfiler (cellprofiler_core Pipeline, Measurements, ObjectSet,
+Workspace; images loaded by CellProfiler's own loader through the Java bridge) and the real
+shipped model; only the GUI figure is a stand-in (wx is not installed), and it checks every
+call against the signatures in CellProfiler's own figure source.
+
+Manual nucleus diameters are used wherever a test is not about size estimation (faster).
+"""
+import ast
+import io
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PLUGINS = REPO / "plugins"
+IMAGES = REPO / "example_images" / "images"
+PIPELINES = REPO / "example_pipelines"
+FLUO = "fluo_0e5edb072788"  # 256x256, 28 nuclei, median diameter 17.9 px
+HE = "he_420f43d21dba"  # 256x320 H&E-like, 49 nuclei, 20.4 px
+DIAMETER = {FLUO: 17.9, HE: 20.4}
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="session")
+def cp():
+    """CellProfiler set up headless with the plugins folder, and the JVM its image loader
+    needs. Yields a small namespace of the CellProfiler classes the tests use."""
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    import cellprofiler_core.preferences as prefs
+
+    prefs.set_headless()
+    prefs.set_plugin_directory(str(PLUGINS))
+    from cellprofiler_core.utilities.core.modules import (
+        fill_modules,
+        get_module_names,
+        instantiate_module,
+    )
+
+    if "SegmentNucleiStyleAdapted" not in get_module_names():
+        fill_modules()
+    assert "SegmentNucleiStyleAdapted" in get_module_names(), "plugin failed to load"
+    assert "EstimateNucleusSize" in get_module_names(), "plugin failed to load"
+    from cellprofiler_core.utilities.java import start_java, stop_java
+
+    start_java()
+
+    class CP:
+        pass
+
+    from cellprofiler_core.image import Image, ImageSetList
+    from cellprofiler_core.measurement import Measurements
+    from cellprofiler_core.object import ObjectSet
+    from cellprofiler_core.pipeline import Pipeline
+    from cellprofiler_core.setting import ValidationError
+    from cellprofiler_core.workspace import Workspace
+
+    ns = CP()
+    ns.Image, ns.ImageSetList, ns.Measurements = Image, ImageSetList, Measurements
+    ns.ObjectSet, ns.Pipeline, ns.Workspace = ObjectSet, Pipeline, Workspace
+    ns.ValidationError, ns.instantiate_module = ValidationError, instantiate_module
+    yield ns
+    stop_java()  # (without it the JVM keeps the process alive at exit)
+
+
+def load_cp_image(cp, name):
+    """A bundled image as CellProfiler's NamesAndTypes loads it (colour, float 0-1)."""
+    m = cp.Measurements()
+    m.add_image_measurement("URL_Original", pathlib.Path(IMAGES / f"{name}.png").as_uri())
+    image = m.get_image("Original")
+    m.close()
+    return image.pixel_data
+
+
+def segment_module(cp, **settings):
+    m = cp.instantiate_module("SegmentNucleiStyleAdapted")
+    m.x_name.value = "Original"
+    m.use_gpu.value = False
+    m.size_choice.value = "Manual"
+    for key, value in settings.items():
+        getattr(m, key).value = value
+    return m
+
+
+def estimate_module(cp, **settings):
+    m = cp.instantiate_module("EstimateNucleusSize")
+    m.image_name.value = "Original"
+    m.use_gpu.value = False
+    for key, value in settings.items():
+        getattr(m, key).value = value
+    return m
+
+
+class Run:
+    """What one run left behind: the workspace, measurements and pipeline."""
+
+    def __init__(self, workspace, pipeline):
+        self.workspace = workspace
+        self.pipeline = pipeline
+        self.m = workspace.measurements
+
+    def objects(self, name="Nuclei"):
+        return self.workspace.object_set.get_objects(name)
+
+    def image(self, feature):
+        return self.m.get_current_image_measurement(feature)
+
+    def obj(self, name, feature):
+        return np.asarray(self.m.get_current_measurement(name, feature))
+
+
+def run_modules(cp, modules, images, show_window=False, measurements=None):
+    """Run ``modules`` in order, in one real workspace, on ``images`` ({name: array or
+    cellprofiler Image}); returns a Run."""
+    pipeline = cp.Pipeline()
+    for i, module in enumerate(modules, start=1):
+        module.set_module_num(i)
+        module.show_window = show_window
+        pipeline.add_module(module)
+    m = measurements if measurements is not None else cp.Measurements()
+    for name, data in images.items():
+        m.add(name, data if isinstance(data, cp.Image) else cp.Image(data))
+    object_set = cp.ObjectSet()
+    workspace = None
+    for module in modules:
+        workspace = cp.Workspace(pipeline, module, m, object_set, m, cp.ImageSetList())
+        module.run(workspace)
+    return Run(workspace, pipeline)
+
+
+def check_objects(run, shape, name="Nuclei", confidence=True):
+    """Structural checks every segmentation must pass; returns the label image."""
+    objects = run.objects(name)
+    labels = objects.segmented
+    assert labels.shape == tuple(shape[:2])
+    n = objects.count
+    ids = np.unique(labels)
+    ids = ids[ids > 0]
+    assert list(ids) == list(range(1, n + 1)), "labels must be 1..N"
+    assert run.image("Count_%s" % name) == n
+    for feature in ("Location_Center_X", "Location_Center_Y", "Number_Object_Number"):
+        assert len(run.obj(name, feature)) == n
+    if confidence:
+        scores = run.obj(name, "Nucleaizer_Confidence")
+        assert len(scores) == n
+        assert np.all((scores >= 0) & (scores <= 1))
+    return labels
+
+
+def recorded_columns_are_declared(run, module):
+    """Every measurement this module recorded is declared in get_measurement_columns."""
+    declared = {(c[0], c[1]) for c in module.get_measurement_columns(run.pipeline)}
+    for object_name, feature, _ in module.get_measurement_columns(run.pipeline):
+        assert run.m.has_feature(object_name, feature), (object_name, feature)
+    return declared
+
+
+# --------------------------------------------------------------------------- segmentation
+
+
+@pytest.mark.parametrize("name", [FLUO, HE])
+def test_segment_bundled_image_manual_size(cp, name):
+    pixels = load_cp_image(cp, name)
+    assert pixels.ndim == 3 and pixels.dtype.kind == "f"
+    module = segment_module(cp, manual_diameter=DIAMETER[name])
+    run = run_modules(cp, [module], {"Original": pixels})
+    labels = check_objects(run, pixels.shape)
+    assert run.objects().count > 0
+    assert run.image("Nucleaizer_Diameter_Nuclei") == pytest.approx(DIAMETER[name])
+    assert run.image("Nucleaizer_Scale_Nuclei") == pytest.approx(40.0 / DIAMETER[name], rel=1e-6)
+    assert run.image("Nucleaizer_ScaleClamped_Nuclei") == 0
+    assert run.image("Nucleaizer_SizeReliable_Nuclei") == 1
+    # The objects' parent image is the input: downstream modules can relate them to it.
+    assert run.objects().parent_image.pixel_data.shape == pixels.shape
+    recorded_columns_are_declared(run, module)
+    assert labels.max() == run.objects().count
+
+
+def test_measurement_categories_and_names(cp):
+    module = segment_module(cp)
+    pipeline = cp.Pipeline()
+    module.set_module_num(1)
+    pipeline.add_module(module)
+    assert "Nucleaizer" in module.get_categories(pipeline, "Image")
+    assert "Count" in module.get_categories(pipeline, "Image")
+    assert set(module.get_measurements(pipeline, "Image", "Nucleaizer")) == {
+        "Diameter",
+        "Scale",
+        "ScaleClamped",
+        "SizeReliable",
+    }
+    assert module.get_measurement_objects(pipeline, "Image", "Nucleaizer", "Diameter") == ["Nuclei"]
+    assert module.get_measurements(pipeline, "Nuclei", "Nucleaizer") == ["Confidence"]
+    assert set(module.get_categories(pipeline, "Nuclei")) >= {"Location", "Number", "Nucleaizer"}
+    module.want_confidence.value = False
+    assert module.get_measurements(pipeline, "Nuclei", "Nucleaizer") == []
+    assert ("Nuclei", "Nucleaizer_Confidence") not in {
+        (c[0], c[1]) for c in module.get_measurement_columns(pipeline)
+    }
+    assert module.volumetric() is False
+    assert module.is_object_identification_module()
+
+
+def test_size_from_measurement_and_fallback(cp):
+    """Size read from EstimateNucleusSize's measurement; a NaN measurement falls back to the
+    automatic estimate (the backend's own estimate of the same image)."""
+    from nucleaizer_backend import estimate_size
+
+    pixels = load_cp_image(cp, FLUO)
+    est = estimate_module(cp)
+    seg = segment_module(
+        cp, size_choice="From an image measurement", size_measurement="NucleusSize_MedianDiameter"
+    )
+    run = run_modules(cp, [est, seg], {"Original": pixels})
+    check_objects(run, pixels.shape)
+    measured = run.image("NucleusSize_MedianDiameter")
+    assert run.image("Nucleaizer_Diameter_Nuclei") == pytest.approx(measured)
+    expected = estimate_size(pixels, device="cpu")
+    assert measured == pytest.approx(expected.median_diameter)
+    assert run.image("NucleusSize_Count") == expected.count
+    assert run.image("NucleusSize_Reliable") == int(expected.reliable)
+    recorded_columns_are_declared(run, est)
+    # The Measurement setting sees EstimateNucleusSize's measurement upstream...
+    seg.size_measurement.test_valid(run.pipeline)
+
+    # ...and a missing/NaN value means: estimate automatically for that image.
+    m = cp.Measurements()
+    m.add_image_measurement("Custom_Diameter", float("nan"))
+    seg2 = segment_module(cp, size_choice="From an image measurement", size_measurement="Custom_Diameter")
+    run2 = run_modules(cp, [seg2], {"Original": pixels}, measurements=m)
+    check_objects(run2, pixels.shape)
+    assert run2.image("Nucleaizer_Diameter_Nuclei") == pytest.approx(expected.median_diameter)
+    assert run2.image("Nucleaizer_SizeReliable_Nuclei") == int(expected.reliable)
+
+
+def test_measurement_setting_needs_an_upstream_measurement(cp):
+    seg = segment_module(cp, size_choice="From an image measurement")
+    pipeline = cp.Pipeline()
+    seg.set_module_num(1)
+    pipeline.add_module(seg)
+    with pytest.raises(cp.ValidationError):
+        seg.size_measurement.test_valid(pipeline)
+
+
+def test_mask_restricts_objects_and_probability_image(cp):
+    pixels = load_cp_image(cp, FLUO)
+    mask = np.zeros(pixels.shape[:2], bool)
+    mask[:, : pixels.shape[1] // 2] = True
+    seg = segment_module(
+        cp,
+        manual_diameter=DIAMETER[FLUO],
+        use_mask=True,
+        mask_name="Mask",
+        want_probability=True,
+        probability_name="Probability",
+    )
+    run = run_modules(cp, [seg], {"Original": pixels, "Mask": mask})
+    labels = check_objects(run, pixels.shape)
+    assert run.objects().count > 0
+    assert not labels[~mask].any(), "objects must be clipped to the mask"
+    prob = run.workspace.image_set.get_image("Probability").pixel_data
+    assert prob.shape == pixels.shape[:2]
+    assert prob.dtype == np.float32 and prob.min() >= 0 and prob.max() <= 1
+    assert prob[labels > 0].mean() > prob[labels == 0].mean()
+
+
+def test_input_image_mask_is_respected(cp):
+    """A mask attached to the input image (MaskImage, Crop) restricts the objects too."""
+    pixels = load_cp_image(cp, FLUO)
+    mask = np.zeros(pixels.shape[:2], bool)
+    mask[pixels.shape[0] // 2 :, :] = True
+    image = cp.Image(pixels, mask=mask)
+    run = run_modules(cp, [segment_module(cp, manual_diameter=DIAMETER[FLUO])], {"Original": image})
+    labels = check_objects(run, pixels.shape)
+    assert run.objects().count > 0 and not labels[~mask].any()
+
+
+def test_custom_model_file_gives_the_same_labels_as_the_default(cp, tmp_path):
+    """A custom model given as a folder + network file name, set up like a user would (the
+    shipped model copied elsewhere), gives exactly the shipped model's labels."""
+    from nucleaizer_backend.models.io import DEFAULT_MODEL_DIR
+
+    models = tmp_path / "models" / "copy"
+    shutil.copytree(DEFAULT_MODEL_DIR, models)
+    pixels = load_cp_image(cp, HE)
+    default = run_modules(cp, [segment_module(cp, manual_diameter=20.0)], {"Original": pixels})
+    custom = segment_module(
+        cp,
+        manual_diameter=20.0,
+        model_choice="Custom",
+        model_directory="Elsewhere...|%s" % models,
+        model_name="main.safetensors",
+    )
+    assert custom.model_path() == str(models / "main.safetensors")
+    custom_run = run_modules(cp, [custom], {"Original": pixels})
+    np.testing.assert_array_equal(custom_run.objects().segmented, default.objects().segmented)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def test_validate_module_model_messages(cp, tmp_path):
+    from nucleaizer_backend.models.io import DEFAULT_MODEL_DIR
+
+    seg = segment_module(cp)
+    pipeline = cp.Pipeline()
+    seg.set_module_num(1)
+    pipeline.add_module(seg)
+    seg.validate_module(pipeline)  # shipped model: fine
+
+    seg.model_choice.value = "Custom"
+    seg.model_directory.value = "Elsewhere...|%s" % (tmp_path / "nowhere")
+    with pytest.raises(cp.ValidationError, match="model not found") as e:
+        seg.validate_module(pipeline)
+    assert e.value.get_setting() is seg.model_name
+
+    (tmp_path / "empty").mkdir()
+    seg.model_directory.value = "Elsewhere...|%s" % (tmp_path / "empty")
+    with pytest.raises(cp.ValidationError, match="without main.safetensors"):
+        seg.validate_module(pipeline)
+
+    (tmp_path / "empty" / "junk.safetensors").write_bytes(b"not a model at all")
+    seg.model_name.value = "junk.safetensors"
+    with pytest.raises(cp.ValidationError, match="Cannot use the model"):
+        seg.validate_module(pipeline)
+
+    good = tmp_path / "good"
+    shutil.copytree(DEFAULT_MODEL_DIR, good)
+    seg.model_directory.value = "Elsewhere...|%s" % tmp_path
+    seg.model_name.value = "good"
+    seg.validate_module(pipeline)
+
+    seg.use_mask.value = True
+    seg.mask_name.value = seg.x_name.value
+    with pytest.raises(cp.ValidationError, match="mask"):
+        seg.validate_module(pipeline)
+
+    est = estimate_module(cp, model_choice="Custom")
+    est.model_directory.value = "Elsewhere...|%s" % (tmp_path / "nowhere")
+    est.set_module_num(2)
+    pipeline.add_module(est)
+    with pytest.raises(cp.ValidationError, match="model not found"):
+        est.validate_module(pipeline)
+
+
+def test_missing_backend_is_a_validation_message_not_a_load_failure(cp, monkeypatch):
+    """Without the backend the modules still load (lazy import) and say what to install."""
+    for module in (segment_module(cp), estimate_module(cp)):
+        pipeline = cp.Pipeline()
+        module.set_module_num(1)
+        pipeline.add_module(module)
+        monkeypatch.setitem(sys.modules, "nucleaizer_backend", None)
+        with pytest.raises(cp.ValidationError, match="nucleaizer_backend Python package is not installed"):
+            module.validate_module(pipeline)
+        monkeypatch.undo()
+
+
+def test_only_one_estimate_module_per_pipeline(cp):
+    pipeline = cp.Pipeline()
+    first, second = estimate_module(cp), estimate_module(cp)
+    for i, m in enumerate([first, second], start=1):
+        m.set_module_num(i)
+        pipeline.add_module(m)
+    first.validate_module(pipeline)
+    with pytest.raises(cp.ValidationError, match="Only one EstimateNucleusSize"):
+        second.validate_module(pipeline)
+
+
+def test_newer_settings_revision_is_a_clear_error(cp):
+    for module in (segment_module(cp), estimate_module(cp)):
+        values = [s.unicode_value for s in module.settings()]
+        assert module.upgrade_settings(values, 1, module.module_name) == (values, 1)
+        with pytest.raises(ValueError, match="newer version"):
+            module.upgrade_settings(values, 99, module.module_name)
+
+
+# --------------------------------------------------------------------------- bad inputs
+
+
+def _bad_inputs():
+    rng = np.random.default_rng(0)
+    return {
+        "constant": np.full((64, 64), 0.3, np.float32),
+        "all_nan": np.full((64, 64), np.nan, np.float32),
+        "one_pixel": np.ones((1, 1), np.float32),
+        "strip_4x2000": rng.random((4, 2000)).astype(np.float32),
+        "strip_2000x4": rng.random((2000, 4)).astype(np.float32),
+        "noise": rng.random((96, 80)).astype(np.float32),
+    }
+
+
+@pytest.mark.parametrize("kind", sorted(_bad_inputs()))
+def test_odd_images_give_objects_not_crashes(cp, kind):
+    pixels = _bad_inputs()[kind]
+    module = segment_module(cp, manual_diameter=10.0)
+    if kind == "one_pixel":
+        # CellProfiler's own object store cannot hold a 1x1 label image: a clear error.
+        from nucleaizer_backend import InputImageError
+
+        with pytest.raises(InputImageError, match="at least 2 pixels"):
+            run_modules(cp, [module], {"Original": pixels})
+        return
+    run = run_modules(cp, [module], {"Original": pixels})
+    check_objects(run, pixels.shape)
+    if kind in ("constant", "all_nan"):
+        assert run.objects().count == 0
+
+
+@pytest.mark.parametrize("kind", ["constant", "all_nan", "one_pixel"])
+def test_estimate_size_on_empty_images_is_flagged_unreliable(cp, kind):
+    pixels = _bad_inputs()[kind]
+    want_objects = kind != "one_pixel"
+    run = run_modules(cp, [estimate_module(cp, want_objects=want_objects)], {"Original": pixels})
+    assert run.image("NucleusSize_Count") == 0
+    assert run.image("NucleusSize_Reliable") == 0
+    assert run.image("NucleusSize_MedianDiameter") > 0  # the stated default, not NaN
+    assert np.isnan(run.image("NucleusSize_Spread"))
+    if want_objects:
+        assert run.objects("PresegNuclei").count == 0
+        assert run.objects("PresegNuclei").segmented.shape == pixels.shape[:2]
+
+
+def test_bit_depths_and_gray_give_the_same_nuclei(cp):
+    """16-bit, float (any range) and 8-bit-as-float versions of one image: the same labels
+    (normalisation is by robust percentiles); the gray version finds nuclei too."""
+    import skimage.io
+
+    raw = skimage.io.imread(IMAGES / f"{FLUO}.png")[..., :3]
+    versions = {
+        "cellprofiler_float": load_cp_image(cp, FLUO),
+        "uint16": raw.astype(np.uint16) * 257,
+        "float_0_1000": raw.astype(np.float64) * (1000.0 / 255.0),
+    }
+    results = {}
+    for key, pixels in versions.items():
+        run = run_modules(cp, [segment_module(cp, manual_diameter=DIAMETER[FLUO])], {"Original": pixels})
+        results[key] = check_objects(run, pixels.shape)
+    reference = results["cellprofiler_float"]
+    for key, labels in results.items():
+        assert (labels > 0).sum() > 0
+        agreement = np.mean((labels > 0) == (reference > 0))
+        assert agreement > 0.99, (key, agreement)
+        assert abs(int(labels.max()) - int(reference.max())) <= 1, key
+    gray = versions["cellprofiler_float"].mean(axis=-1)
+    run = run_modules(cp, [segment_module(cp, manual_diameter=DIAMETER[FLUO])], {"Original": gray})
+    check_objects(run, gray.shape)
+    assert run.objects().count > 0
+
+
+def test_3d_image_is_a_clear_error(cp):
+    from nucleaizer_backend import InputImageError
+
+    volume = np.random.default_rng(1).random((5, 64, 64)).astype(np.float32)
+    image = cp.Image(volume, dimensions=3)
+    for module in (segment_module(cp, manual_diameter=10.0), estimate_module(cp)):
+        assert module.volumetric() is False  # CellProfiler refuses 3D pipelines up front
+        with pytest.raises(InputImageError, match="3D"):
+            run_modules(cp, [module], {"Original": image})
+
+
+def test_mask_of_wrong_shape_is_a_clear_error(cp):
+    from nucleaizer_backend import InputImageError
+
+    pixels = np.random.default_rng(2).random((64, 64)).astype(np.float32)
+    seg = segment_module(cp, manual_diameter=10.0, use_mask=True, mask_name="Mask")
+    with pytest.raises(InputImageError, match="mask"):
+        run_modules(cp, [seg], {"Original": pixels, "Mask": np.ones((32, 32), bool)})
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def test_cli_and_module_give_the_same_labels(cp, tmp_path, subprocess_env):
+    import tifffile
+
+    d = DIAMETER[HE]
+    pixels = load_cp_image(cp, HE)
+    run = run_modules(cp, [segment_module(cp, manual_diameter=d)], {"Original": pixels})
+    cli = Path(sys.executable).parent / "nucleaizer"
+    out = tmp_path / "cli"
+    proc = subprocess.run(
+        [str(cli), "segment", str(IMAGES / f"{HE}.png"), "-o", str(out), "--diameter", str(d), "--device", "cpu"],
+        capture_output=True,
+        text=True,
+        env=subprocess_env,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    cli_labels = tifffile.imread(out / f"{HE}.tif")
+    np.testing.assert_array_equal(cli_labels, run.objects().segmented)
+
+
+# --------------------------------------------------------------------------- settings I/O
+
+
+def _settings(module):
+    return [s.unicode_value for s in module.settings()]
+
+
+def test_cppipe_round_trip_of_both_modules(cp, tmp_path):
+    seg = segment_module(
+        cp,
+        y_name="MyNuclei",
+        model_choice="Custom",
+        model_directory="Default Input Folder sub-folder|models",
+        model_name="adapted",
+        size_choice="From an image measurement",
+        size_measurement="NucleusSize_MedianDiameter",
+        manual_diameter=33.5,
+        confidence=0.35,
+        gpu_memory_share=0.125,
+        use_mask=True,
+        mask_name="Tissue",
+        want_confidence=False,
+        want_probability=True,
+        probability_name="NucProb",
+    )
+    seg.use_gpu.value = True
+    est = estimate_module(
+        cp,
+        scope="All images of the group (pooled)",
+        model_choice="Custom",
+        model_directory="Default Output Folder|",
+        model_name="adapted",
+        confidence=0.6,
+        gpu_memory_share=0.5,
+        want_objects=True,
+        objects_name="QuickNuclei",
+    )
+    pipeline = cp.Pipeline()
+    for i, m in enumerate([est, seg], start=1):
+        m.set_module_num(i)
+        pipeline.add_module(m)
+    buf = io.StringIO()
+    pipeline.dump(buf)
+    text = buf.getvalue()
+    assert "SegmentNucleiStyleAdapted:[module_num:2|svn_version" in text
+    assert "variable_revision_number:1|" in text
+    path = tmp_path / "roundtrip.cppipe"
+    path.write_text(text)
+    loaded = cp.Pipeline()
+    loaded.load(str(path))
+    modules = loaded.modules()
+    assert [m.module_name for m in modules] == ["EstimateNucleusSize", "SegmentNucleiStyleAdapted"]
+    assert _settings(modules[0]) == _settings(est)
+    assert _settings(modules[1]) == _settings(seg)
+    assert [s.text for s in modules[1].visible_settings()] == [s.text for s in seg.visible_settings()]
+    assert modules[0].is_aggregation_module() and not estimate_module(cp).is_aggregation_module()
+
+
+def test_example_pipelines_load_and_match_their_builder(cp):
+    """The shipped .cppipe files load with the plugins and are what build_pipelines.py
+    makes (so editing the script and re-running it is the way to change them)."""
+    sys.path.insert(0, str(PIPELINES))
+    try:
+        import build_pipelines
+    finally:
+        sys.path.remove(str(PIPELINES))
+    for name in build_pipelines.PIPELINES:
+        loaded = cp.Pipeline()
+        loaded.load(str(PIPELINES / f"{name}.cppipe"))
+        built = build_pipelines.build(name)
+        assert [m.module_name for m in loaded.modules()] == [m.module_name for m in built.modules()]
+        for a, b in zip(loaded.modules(), built.modules()):
+            assert _settings(a) == _settings(b), (name, a.module_name)
+        ours = [m for m in loaded.modules() if m.module_name in ("SegmentNucleiStyleAdapted", "EstimateNucleusSize")]
+        assert ours, name
+        for m in ours:
+            m.test_valid(loaded)
+
+
+def test_prepare_to_create_batch_maps_the_model_path(cp):
+    for module in (segment_module(cp), estimate_module(cp)):
+        module.model_choice.value = "Custom"
+        module.model_directory.value = "Elsewhere...|/local/share/models"
+
+        def alter(path, **kwargs):
+            return path.replace("/local/share", "/cluster/share")
+
+        assert module.prepare_to_create_batch(None, alter) is True
+        assert module.model_directory.value == "Elsewhere...|/cluster/share/models"
+
+
+def test_gpu_memory_share_helper_is_a_no_op_on_cpu():
+    from nucleaizer_backend import NucleaizerError
+    from nucleaizer_backend.device import set_memory_fraction
+
+    assert set_memory_fraction(0.25, "cpu") is False
+    with pytest.raises(NucleaizerError):
+        set_memory_fraction(0.0, "cpu")
+
+
+# --------------------------------------------------------------------------- display()
+
+
+def _figure_signatures():
+    """Parameter names of CellProfiler's figure methods, read from its source (the module
+    itself cannot be imported without wx)."""
+    import cellprofiler
+
+    source = Path(cellprofiler.__file__).parent / "gui" / "figure" / "_figure.py"
+    tree = ast.parse(source.read_text())
+    out = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef) and node.name == "Figure":
+            for f in node.body:
+                if isinstance(f, ast.FunctionDef):
+                    args = [a.arg for a in f.args.args][1:]  # drop self
+                    decorated = any(getattr(d, "id", "") == "allow_sharexy" for d in f.decorator_list)
+                    out[f.name] = (args, f.args.kwarg is not None, decorated)
+    return out
+
+
+class StandInFigure:
+    """Records display() calls; rejects any call that CellProfiler's real figure would not
+    accept (unknown method, too many positional arguments, unknown keyword)."""
+
+    IMSHOW_WRAPPERS = ("subplot_imshow_grayscale", "subplot_imshow_color", "subplot_imshow_bw")
+
+    def __init__(self):
+        self.calls = []
+        self.signatures = _figure_signatures()
+        assert "subplot_table" in self.signatures
+
+    def __getattr__(self, name):
+        if name.startswith("__") or name not in self.signatures:
+            raise AttributeError("CellProfiler's figure has no method %r" % name)
+        args, has_kwargs, sharexy = self.signatures[name]
+
+        def call(*a, **kw):
+            assert len(a) <= len(args), (name, a)
+            allowed = set(args[len(a):])
+            if sharexy:
+                allowed.add("sharexy")
+            if name in self.IMSHOW_WRAPPERS:  # **kwargs go on to subplot_imshow
+                allowed |= set(self.signatures["subplot_imshow"][0])
+            elif has_kwargs:
+                allowed = None
+            if allowed is not None:
+                unknown = set(kw) - allowed
+                assert not unknown, (name, unknown)
+            bound = dict(zip(args, a), **kw)
+            self.calls.append((name, bound))
+            return object()  # stands for a matplotlib Axes
+
+        return call
+
+    def named(self, name):
+        return [kw for n, kw in self.calls if n == name]
+
+
+def test_segment_display_with_stand_in_figure(cp):
+    for pixels in (load_cp_image(cp, FLUO), load_cp_image(cp, FLUO).mean(axis=-1)):
+        seg = segment_module(cp, manual_diameter=DIAMETER[FLUO])
+        run = run_modules(cp, [seg], {"Original": pixels}, show_window=True)
+        figure = StandInFigure()
+        seg.display(run.workspace, figure)
+        assert figure.named("set_subplots")[0]["subplots"] == (2, 2)
+        shown = figure.named("subplot_imshow_color" if pixels.ndim == 3 else "subplot_imshow_grayscale")
+        assert len(shown) == 2  # the input, and the input with outlines
+        assert any("cplabels" in kw for kw in shown)
+        outlines = [kw for kw in shown if "cplabels" in kw][0]["cplabels"][0]["labels"][0]
+        np.testing.assert_array_equal(outlines, run.objects().segmented)
+        labels = figure.named("subplot_imshow_labels")
+        assert len(labels) == 1 and labels[0]["image"].shape == pixels.shape[:2]
+        table = figure.named("subplot_table")
+        assert len(table) == 1
+        rows = dict(zip(table[0]["row_labels"], [r[0] for r in table[0]["statistics"]]))
+        assert rows["Nuclei"] == str(run.objects().count)
+        assert "Median nucleus diameter" in rows and "Scale (working / original)" in rows
+        assert rows["Diameter used"].startswith("%.1f" % DIAMETER[FLUO])
+
+
+def test_estimate_display_with_stand_in_figure(cp):
+    pixels = load_cp_image(cp, FLUO)
+    est = estimate_module(cp, want_objects=True)
+    run = run_modules(cp, [est], {"Original": pixels}, show_window=True)
+    figure = StandInFigure()
+    est.display(run.workspace, figure)
+    assert figure.named("set_subplots")[0]["subplots"] == (3, 1)
+    hist = figure.named("subplot_histogram")
+    assert len(hist) == 1 and len(hist[0]["values"]) == run.image("NucleusSize_ImageCount")
+    table = figure.named("subplot_table")[0]
+    rows = dict(zip(table["row_labels"], [r[0] for r in table["statistics"]]))
+    assert rows["This image: nuclei measured"] == str(int(run.image("NucleusSize_ImageCount")))
+    shown = figure.named("subplot_imshow_color")[0]
+    assert shown["cplabels"][0]["labels"][0].shape == pixels.shape[:2]
+    assert run.objects("PresegNuclei").count == run.image("NucleusSize_ImageCount")
