@@ -35,7 +35,8 @@ if ! "$VENV/bin/python" -c "import cellprofiler, cellprofiler_core" >/dev/null 2
     "scikit-image<0.23" scikit-learn six tifffile "sentry-sdk==0.18.0"
 fi
 
-pip install "numpy<2" safetensors pytest tqdm
+# torch pulls in a setuptools without pkg_resources, which cellprofiler_core imports.
+pip install "numpy<2" "setuptools>=77.0.3,<81" safetensors pytest tqdm
 pip install --no-deps -e .
 touch "$stamp"
 echo "[setup] environment ready: $VENV" >&2
