@@ -13,7 +13,7 @@ if [ -f "$stamp" ]; then exit 0; fi
 echo "[setup] creating $VENV (one time, about 5 minutes)" >&2
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 pip() { "$VENV/bin/python" -m pip --disable-pip-version-check -q "$@"; }
-pip install --upgrade "pip<25" "setuptools<75" wheel
+pip install --upgrade "pip<25" wheel
 
 # torch and torchvision must come from one build family. The machine's pip may point at a
 # CPU-only torch wheel that no registry torchvision works with, so we bypass local wheel
@@ -23,6 +23,10 @@ if ! "$VENV/bin/python" -c "import torch, torchvision; torchvision.ops.nms" >/de
   PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS= "$VENV/bin/python" -m pip -q install \
     "torch==2.13.0" "torchvision==0.28.0"
 fi
+
+# torch needs setuptools >= 77.0.3 and pulls in the newest, which has no pkg_resources any
+# more; CellProfiler (and the javabridge build) import it.
+pip install "setuptools>=77.0.3,<81"
 
 # CellProfiler 4.2.8.1 on Python 3.11: its pins do not build there, so we install it without
 # its pinned dependencies and give it versions that work (see ../shared/docs/ENVIRONMENT.md).
@@ -35,8 +39,7 @@ if ! "$VENV/bin/python" -c "import cellprofiler, cellprofiler_core" >/dev/null 2
     "scikit-image<0.23" scikit-learn six tifffile "sentry-sdk==0.18.0"
 fi
 
-# torch pulls in a setuptools without pkg_resources, which cellprofiler_core imports.
-pip install "numpy<2" "setuptools>=77.0.3,<81" safetensors pytest tqdm
+pip install "numpy<2" safetensors pytest tqdm
 pip install --no-deps -e .
 touch "$stamp"
 echo "[setup] environment ready: $VENV" >&2
