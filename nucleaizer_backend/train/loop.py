@@ -44,6 +44,7 @@ class TrainConfig:
     threads: int = None
     init: str = None  # network file to start from (fine-tuning / next stage)
     architecture: dict = None
+    min_colour_share: float = 0.3  # colour (e.g. H&E) and gray images: each at least this share
 
     def crop_spec(self):
         if self.kind == "preseg":
@@ -51,6 +52,25 @@ class TrainConfig:
         if self.kind == "main":
             return CropSpec(size=self.crop, target_diameter=WORKING_DIAMETER)
         raise ValueError(f"unknown model kind {self.kind!r} (main or preseg)")
+
+
+def is_colour(item):
+    """True for an image whose channels differ (stained brightfield), False for gray."""
+    img = item.image[::4, ::4].astype(np.float32)
+    return float(np.abs(img - img.mean(axis=-1, keepdims=True)).mean()) > 0.02
+
+
+def sampling_weights(items, min_share):
+    """Per-image sampling probabilities: uniform, except that colour and gray images each
+    get at least ``min_share`` of the samples (the rarer style is not drowned out)."""
+    colour = np.array([is_colour(it) for it in items])
+    p = np.full(len(items), 1.0 / len(items))
+    n_colour = int(colour.sum())
+    if 0 < n_colour < len(items) and min_share > 0:
+        share = float(np.clip(n_colour / len(items), min_share, 1 - min_share))
+        p[colour] = share / n_colour
+        p[~colour] = (1 - share) / (len(items) - n_colour)
+    return p
 
 
 def learning_rate(cfg, step):
@@ -199,7 +219,9 @@ def train(cfg, resume=False, progress=None):
     val_items = load_dataset(cfg.val, cfg.val_limit) if cfg.val else []
     styles = read_styles(cfg.val) if cfg.val else {}
     spec = cfg.crop_spec()
+    weights = sampling_weights(train_items, cfg.min_colour_share)
     run.append_log({"event": "start", "step": step, "train_images": len(train_items),
+                    "colour_share": float(weights[[is_colour(i) for i in train_items]].sum()),
                     "val_images": len(val_items), "time": time.time()})
 
     t_last, window = time.time(), []
@@ -208,7 +230,7 @@ def train(cfg, resume=False, progress=None):
         lr = learning_rate(cfg, step)
         for g in optimizer.param_groups:
             g["lr"] = lr
-        batch = [make_training_crop(train_items[rng.integers(len(train_items))], spec, rng)
+        batch = [make_training_crop(train_items[rng.choice(len(train_items), p=weights)], spec, rng)
                  for _ in range(cfg.batch_size)]
         images, targets = to_targets(batch)
         images = [i.to(device) for i in images]
