@@ -4,7 +4,8 @@ A run folder holds everything needed to continue and to judge a run:
 ``config.json``, ``checkpoint.pt`` (weights, optimiser, step, random states; written every
 ``checkpoint_every`` steps and loaded with ``weights_only=True``), ``log.jsonl`` (loss lines
 and validation lines), ``curve.png``, ``last.safetensors`` and ``best.safetensors`` (fp16
-network files; best = highest validation DSB score).
+network files; best = highest validation DSB score for main; for preseg, the most val images
+whose size estimate is within 20%, DSB breaking ties).
 """
 import json
 import math
@@ -105,15 +106,25 @@ def validate(model, items, kind, device, styles=None, confidence=0.5):
     """DSB score (overall and per style) of ``model`` on labelled images."""
     from ..detect import detect
 
+    from ..size import SizeEstimate, estimate_diameters
+
     model.eval()
-    scores = []
+    scores, size_ok = [], []
     for item in items:
-        dets = detect(model, item.image.astype(np.float32), validation_scale(kind, item), device,
-                      min_score=confidence)
+        image = item.image.astype(np.float32)
+        dets = detect(model, image, validation_scale(kind, item), device, min_score=confidence)
         labels, _, _ = dets.to_labels(confidence)
         scores.append(score_image(item.labels, labels))
+        if kind == "preseg":
+            est = SizeEstimate.from_diameters(estimate_diameters(model, image, device, confidence))
+            size_ok.append(abs(est.median_diameter / item.diameter - 1) <= 0.2)
     summary = summarize(scores, [i.name for i in items])
     result = {"val_dsb": summary["dsb"], "val_f1": summary["f1"]}
+    # what "best" means: segmentation quality for main, size estimation for preseg
+    result["val_select"] = summary["dsb"]
+    if size_ok:
+        result["val_size_within20"] = float(np.mean(size_ok))
+        result["val_select"] = result["val_size_within20"] + 0.1 * summary["dsb"]
     if styles:
         for style in sorted(set(styles.values())):
             s = [sc for it, sc in zip(items, scores) if styles.get(it.name) == style]
@@ -257,8 +268,8 @@ def train(cfg, resume=False, progress=None):
             result = validate(model, val_items, cfg.kind, device, styles)
             run.append_log({"step": step, **result})
             save_network(model, run.dir / "last.safetensors", network_meta(cfg, step, result))
-            if result["val_dsb"] > best:
-                best = result["val_dsb"]
+            if result["val_select"] > best:
+                best = result["val_select"]
                 save_network(model, run.dir / "best.safetensors", network_meta(cfg, step, result))
             t_last = time.time()
         if step % cfg.checkpoint_every == 0 or last:
