@@ -16,7 +16,7 @@ from .errors import NucleaizerError
 from .labels import instances_to_labels
 from .models.maskrcnn import predict_raw
 
-DEFAULT_TILE = 1024  # px at the working scale
+DEFAULT_TILE = 2048  # px at the working scale (a 520x696 image at 2.5x fits in one tile)
 DEFAULT_OVERLAP = 128  # px; >= 2 nucleus diameters at the 40 px working size
 
 

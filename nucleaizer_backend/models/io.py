@@ -68,7 +68,8 @@ def load_network(path, device="cpu"):
         model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
     except Exception as e:
         raise ModelFileError(f"{path}: weights do not fit their architecture ({e})") from None
-    return model.to(device).eval(), meta
+    model = model.to(device).to(memory_format=torch.channels_last).eval()
+    return model, meta
 
 
 @dataclass

