@@ -37,7 +37,7 @@ def example_overlay(model=None):
     ex = ROOT / "example_images"
     with open(ex / "index.csv") as f:
         rows = list(csv.DictReader(f))
-    fig, axes = plt.subplots(1, len(rows), figsize=(3.2 * len(rows), 3.4))
+    fig, axes = plt.subplots(1, len(rows), figsize=(3.2 * len(rows), 3.9))
     for ax, r in zip(axes, rows):
         img = read_image(ex / "images" / f"{r['id']}.png")[..., :3]
         res = segment_image(img, model=model, device="cpu")

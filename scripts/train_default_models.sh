@@ -23,8 +23,8 @@ stage() {  # stage RUN_DIR STEPS ARGS...: train (or resume) unless the run reach
 # Stage 1, main network: nuclei rescaled to 40 px, from random initialisation.
 stage runs/main-s1 4000 --kind main --lr 1.5e-3 --warmup 300 --val-every 1500 --threads "$T"
 # preseg: the main network fine-tuned with scale augmentation (nuclei 12-100 px).
-stage runs/preseg-s1 1500 --kind preseg --init runs/main-s1/best.safetensors --lr 5e-4 \
-  --warmup 100 --val-every 750 --threads "$T"
+stage runs/preseg-s1 1200 --kind preseg --init runs/main-s1/best.safetensors --lr 5e-4 \
+  --warmup 100 --val-every 600 --threads "$T"
 
 .venv/bin/python scripts/package_default_model.py \
   --main runs/main-s1/best.safetensors --preseg runs/preseg-s1/best.safetensors

@@ -26,13 +26,14 @@ PIPELINES = REPO / "example_pipelines"
 CELLPROFILER = Path(sys.executable).parent / "cellprofiler"
 
 # Nuclei counts of the bundled examples must be within this fraction of the annotated counts
-# (the issue's acceptance criterion). The shipped default model is still provisional, so the
-# test is an expected failure for now (see COUNT_TEST_XFAIL).
+# (the issue's acceptance criterion). The shipped model meets it on the fluorescence examples
+# (28/29, 31/32, 57/58) but not yet on the two H&E ones (61 vs 49, 70 vs 98): those are an
+# expected failure until the model improves on H&E (see COUNT_XFAIL_STYLES).
 COUNT_TOLERANCE = 0.15
-COUNT_TEST_XFAIL = True
+COUNT_XFAIL_STYLES = {"he"}
 # Accuracy floor on the bundled examples (mean DSB score of the label images written by the
-# pipeline). 0.0 while the shipped model is provisional; raise it when the real model lands.
-MIN_MEAN_DSB = 0.0
+# pipeline, automatic size). The shipped model scores 0.511; the floor catches regressions.
+MIN_MEAN_DSB = 0.46
 
 
 def _env():
@@ -187,9 +188,15 @@ def test_accuracy_floor_on_bundled_examples(segment_and_measure):
     assert mean >= MIN_MEAN_DSB, scores
 
 
-@pytest.mark.xfail(COUNT_TEST_XFAIL, strict=False, reason="provisional model")
-def test_counts_within_tolerance_of_annotations(segment_and_measure):
-    truth = truth_counts()
+@pytest.mark.parametrize("style", [
+    "fluo",
+    pytest.param("he", marks=pytest.mark.xfail(
+        "he" in COUNT_XFAIL_STYLES, strict=True,
+        reason="the shipped model's H&E counts are off by 24-29% (issue 3 criterion not met yet)")),
+])
+def test_counts_within_tolerance_of_annotations(segment_and_measure, style):
+    truth = {name: n for name, n in truth_counts().items() if name.startswith(style + "_")}
+    assert truth
     found = {Path(r["FileName_Original"]).stem: int(float(r["Count_Nuclei"])) for r in read_csv(segment_and_measure / "Image.csv")}
     off = {
         name: (found[name], n)
