@@ -92,7 +92,8 @@ def cmd_train(args):
                       steps=args.steps, batch_size=args.batch_size, crop=args.crop, lr=args.lr,
                       warmup=args.warmup, checkpoint_every=args.checkpoint_every,
                       val_every=args.val_every, val_limit=args.val_limit, seed=args.seed,
-                      threads=args.threads, init=args.init)
+                      threads=args.threads, init=args.init,
+                      min_colour_share=args.min_colour_share)
     bar = _progress_bar(args.steps, "train")
 
     def progress(step, total, info):
@@ -191,6 +192,8 @@ def build_parser():
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, help="CPU threads for torch")
     t.add_argument("--init", help="network file to start from")
+    t.add_argument("--min-colour-share", type=float, default=0.3,
+                   help="least share of samples for colour (stained) and for gray images")
     t.add_argument("--resume", action="store_true", help="continue the run in --out")
     t.set_defaults(func=cmd_train)
 
