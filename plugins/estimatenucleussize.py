@@ -389,12 +389,11 @@ worker process (all nucleAIzer modules in it).""",
         except ImportError as e:
             raise ValidationError(str(e), self.model_choice)
         from nucleaizer_backend.errors import ModelFileError
-        from nucleaizer_backend.models.io import MAIN_FILE, read_network_meta, resolve_model_path
+        from nucleaizer_backend.models.io import check_model_path
 
         setting = self.model_name if self.model_choice == MODEL_CUSTOM else self.model_choice
         try:
-            path = resolve_model_path(self.model_path())
-            read_network_meta(path / MAIN_FILE if path.is_dir() else path)
+            check_model_path(self.model_path())
         except ModelFileError as e:
             raise ValidationError("Cannot use the model: %s" % e, setting)
         for module in pipeline.modules():

@@ -103,6 +103,14 @@ def resolve_model_path(path=None):
     return p.resolve()
 
 
+def check_model_path(path=None):
+    """Raise ModelFileError unless ``path`` (None = shipped default) is a usable model folder
+    or network file; cheap (reads only the main network's metadata)."""
+    p = resolve_model_path(path)
+    read_network_meta(p / MAIN_FILE if p.is_dir() else p)
+    return p
+
+
 def load_model(path=None, device="cpu"):
     """Load (once per process, path and device) a model folder or a main network file."""
     p = resolve_model_path(path)
