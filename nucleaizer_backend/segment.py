@@ -10,7 +10,7 @@ from .device import resolve_device
 from .errors import InputImageError
 from .models.io import load_model
 from .preprocess import normalize_image
-from .size import SizeEstimate, estimate_diameters, find_nuclei
+from .size import SizeEstimate, find_nuclei
 
 SCALE_RANGE = (0.05, 10.0)  # working / original; outside it the scale is clamped
 MAX_WORKING_PIXELS = 64e6  # bigger working images are scaled down (clamped) to this
@@ -56,20 +56,30 @@ def choose_scale(diameter, working_diameter, shape):
     return scale, not np.isclose(scale, wanted)
 
 
+def _nothing_to_find(norm):
+    """True for a normalised image too small or too flat to hold a nucleus."""
+    return min(norm.shape[:2]) < MIN_SIDE or not norm.any()
+
+
+def _preseg_estimate(network, norm, device, confidence, keep_labels=False):
+    """SizeEstimate of a normalised image from preseg (``labels`` set with ``keep_labels``)."""
+    if _nothing_to_find(norm):
+        labels, diameters = np.zeros(norm.shape[:2], np.uint16), []
+    else:
+        labels, diameters = find_nuclei(network, norm, device, confidence)
+    estimate = SizeEstimate.from_diameters(diameters)
+    if keep_labels:
+        estimate.labels = labels
+    return estimate
+
+
 def estimate_size(image, model=None, device="auto", confidence=0.5, return_labels=False):
     """Typical nucleus size of a 2D image (any dtype, gray or colour) as a SizeEstimate;
     with ``return_labels`` its ``labels`` hold preseg's nuclei (input geometry)."""
     device = resolve_device(device)
     bundle = load_model(model, device)
-    norm = normalize_image(image)
-    if min(norm.shape[:2]) < MIN_SIDE or not norm.any():
-        labels, diameters = np.zeros(norm.shape[:2], np.uint16), []
-    else:
-        labels, diameters = find_nuclei(bundle.preseg, norm, device, confidence)
-    estimate = SizeEstimate.from_diameters(diameters)
-    if return_labels:
-        estimate.labels = labels
-    return estimate
+    return _preseg_estimate(bundle.preseg, normalize_image(image), device, confidence,
+                            return_labels)
 
 
 def segment_image(image, model=None, diameter=None, device="auto", confidence=0.5,
@@ -90,14 +100,12 @@ def segment_image(image, model=None, diameter=None, device="auto", confidence=0.
         raise InputImageError(f"mask of shape {np.shape(mask)} does not match image {shape}")
     estimate = None
     if diameter is None:
-        estimate = SizeEstimate.from_diameters(
-            [] if min(shape) < MIN_SIDE or not norm.any()
-            else estimate_diameters(bundle.preseg, norm, device, confidence))
+        estimate = _preseg_estimate(bundle.preseg, norm, device, confidence)
         diameter = estimate.median_diameter
     if not diameter > 0:
         raise InputImageError(f"nucleus diameter must be positive (got {diameter})")
     scale, clamped = choose_scale(float(diameter), bundle.working_diameter, shape)
-    if min(shape) < MIN_SIDE or not norm.any():
+    if _nothing_to_find(norm):
         labels, scores = np.zeros(shape, np.uint16), np.zeros(0, np.float32)
         prob = np.zeros(shape, np.float32) if return_probability else None
     else:

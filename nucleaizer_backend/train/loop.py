@@ -63,7 +63,8 @@ def is_colour(item):
 
 def sampling_weights(items, min_share):
     """Per-image sampling probabilities: uniform, except that colour and gray images each
-    get at least ``min_share`` of the samples (the rarer style is not drowned out)."""
+    get at least ``min_share`` of the samples (the rarer style is not drowned out).
+    Returns (probabilities, colour flags), both (N,)."""
     colour = np.array([is_colour(it) for it in items])
     p = np.full(len(items), 1.0 / len(items))
     n_colour = int(colour.sum())
@@ -71,7 +72,7 @@ def sampling_weights(items, min_share):
         share = float(np.clip(n_colour / len(items), min_share, 1 - min_share))
         p[colour] = share / n_colour
         p[~colour] = (1 - share) / (len(items) - n_colour)
-    return p
+    return p, colour
 
 
 def learning_rate(cfg, step):
@@ -230,9 +231,9 @@ def train(cfg, resume=False, progress=None):
     val_items = load_dataset(cfg.val, cfg.val_limit) if cfg.val else []
     styles = read_styles(cfg.val) if cfg.val else {}
     spec = cfg.crop_spec()
-    weights = sampling_weights(train_items, cfg.min_colour_share)
+    weights, colour = sampling_weights(train_items, cfg.min_colour_share)
     run.append_log({"event": "start", "step": step, "train_images": len(train_items),
-                    "colour_share": float(weights[[is_colour(i) for i in train_items]].sum()),
+                    "colour_share": float(weights[colour].sum()),
                     "val_images": len(val_items), "time": time.time()})
 
     t_last, window = time.time(), []
