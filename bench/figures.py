@@ -3,7 +3,9 @@
 - docs/example_overlay.png: the bundled example images with the outlines of the nuclei the
   shipped model finds (automatic size estimation), count found / annotated in each title;
 - docs/f1_curve.png: F1 against the IoU threshold on the val split, from
-  bench/results/accuracy.json.
+  bench/results/accuracy.json;
+- docs/refinement_f1.png: the same curve for each step of the ablation (Mask R-CNN alone ...
+  + TTA), per style, from bench/results/ablation.json.
 """
 import csv
 import json
@@ -79,3 +81,35 @@ def f1_curve():
     fig.tight_layout()
     fig.savefig(DOCS / "f1_curve.png", dpi=90)
     plt.close(fig)
+
+
+def refinement_f1():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    res_file = ROOT / "bench" / "results" / "ablation.json"
+    if not res_file.is_file():
+        return
+    configs = json.loads(res_file.read_text())["configs"]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), sharey=True)
+    for ax, style in zip(axes, ("all", "fluo", "he")):
+        for key, s in configs.items():
+            rows = [r for r in s["per_image"] if style == "all" or r["image"] in _ids(style)]
+            curve = np.mean([r["f1_curve"] for r in rows], axis=0)
+            ax.plot(np.arange(0.5, 0.951, 0.05), curve, "o-", ms=3, label=s["label"])
+        ax.set_title(f"val images: {style}")
+        ax.set_xlabel("IoU threshold")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("F1 (mean over images)")
+    axes[0].set_ylim(0, 1)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(DOCS / "refinement_f1.png", dpi=90)
+    plt.close(fig)
+
+
+def _ids(style):
+    with open(ROOT.parent / "shared" / "data" / "dsb2018" / "index.csv") as f:
+        return {r["id"] for r in csv.DictReader(f) if r["style"] == style}

@@ -27,15 +27,41 @@ def _model_facts():
         return []
     info = json.loads(info_file.read_text())
     lines = []
-    for kind in ("main", "preseg"):
+    for kind in ("main", "preseg", "unet"):
+        if kind not in info:
+            continue
         meta = info.get(kind, {}).get("meta", {})
         hist = info.get(kind, {}).get("history", {})
         cfg = hist.get("config", {})
         lines.append(f"- **{kind}**: {meta.get('steps')} steps of batch {meta.get('batch_size')} "
                      f"x {meta.get('crop')} px crops, lr {cfg.get('lr')}, "
-                     f"{hist.get('mean_sec_per_step')} s/step on {info.get('compute')}"
+                     f"{hist.get('mean_sec_per_step')} s/step on "
+                     f"{info[kind].get('compute', info.get('compute'))}"
                      + (f"; init from `{cfg.get('init')}`" if cfg.get("init") else ""))
+    post = info.get("postprocess")
+    if post:
+        lines.append("- **post-processing**: " + ", ".join(f"{k} = {v:g}" for k, v in post.items()))
     return lines
+
+
+def _ablation(abl):
+    if not abl:
+        return []
+    out = ["## What each step is worth (val, automatic size)", "", _meta_line(abl), "",
+           "| configuration | DSB | DSB fluo | DSB he | mF1 | s/image (fluo) | s/image (he) | "
+           "s/image |", "|---|---|---|---|---|---|---|---|"]
+    for s in abl["configs"].values():
+        out.append(f"| {s['label']} | {s['dsb']:.3f} | {s['dsb_fluo']:.3f} | {s['dsb_he']:.3f} | "
+                   f"{s['f1']:.3f} | {s['seconds_fluo']:.2f} | {s['seconds_he']:.2f} | "
+                   f"{s['seconds_mean']:.2f} |")
+    out += ["", "Errors at IoU 0.7 (all val images):", "",
+            "| configuration | missed | extra | merges | splits | predicted / true |",
+            "|---|---|---|---|---|---|"]
+    for s in abl["configs"].values():
+        out.append(f"| {s['label']} | {s['missed']} | {s['extra']} | {s['merges']} | "
+                   f"{s['splits']} | {s['n_pred']} / {s['n_true']} |")
+    out += ["", "![F1 against IoU threshold for each step](docs/refinement_f1.png)", ""]
+    return out
 
 
 def render(results, references):
@@ -73,6 +99,7 @@ def render(results, references):
                         f"{t}: {v:.3f}" for t, v in s["f1_curve"].items()),
                     "", "![F1 against IoU threshold](docs/f1_curve.png)"]
         out.append("")
+    out += _ablation(results.get("ablation"))
     size = results.get("size")
     if size:
         p = size["ratio_percentiles"]

@@ -14,7 +14,11 @@ rebuilt from all stored results, so sections can be re-measured one at a time. N
 - speed: seconds per 520x696 image for segment() including size estimation, median over
   several images, and CellProfiler IdentifyPrimaryObjects on the same images in the same run.
 - memory: peak resident memory of a fresh process segmenting a 2048x2048 image.
-- figures: docs/example_overlay.png and docs/f1_curve.png (bench/figures.py).
+- ablation: what each step of the final model is worth on the val split, per style: Mask
+  R-CNN alone; + rules (contained, p1, p2); + U-Net contour correction (p3..p6); + TTA; with
+  seconds per image (size estimated once per image and its time added to every row).
+- figures: docs/example_overlay.png, docs/f1_curve.png and docs/refinement_f1.png
+  (bench/figures.py).
 """
 import argparse
 import csv
@@ -174,6 +178,46 @@ def section_speed(model):
             "per_image": per}
 
 
+ABLATION = (  # (key, label, segment_image keyword arguments)
+    ("maskrcnn", "Mask R-CNN alone", {"refine": False}),
+    ("rules", "+ rules (contained objects, p1 merge, p2 area)", {"use_unet": False}),
+    ("unet", "+ U-Net contour correction (p3-p5) and p6", {}),
+    ("tta", "+ test-time augmentation (6 versions)", {"tta": True}),
+)
+
+
+def section_ablation(model, configs=ABLATION):
+    from nucleaizer_backend import estimate_size, segment_image
+    from nucleaizer_backend.evaluate import score_image, summarize
+
+    rows = index_rows("val")
+    scores = {key: [] for key, _, _ in configs}
+    seconds = {key: [] for key, _, _ in configs}
+    for r in rows:
+        img, truth = load_pair(r)
+        t0 = time.perf_counter()
+        diameter = estimate_size(img, model=model, device="cpu").median_diameter
+        t_size = time.perf_counter() - t0
+        for key, _, kwargs in configs:
+            res = segment_image(img, model=model, diameter=diameter, device="cpu", **kwargs)
+            seconds[key].append(t_size + res.seconds)
+            scores[key].append(score_image(truth, res.labels))
+    out = {"images": len(rows), "configs": {}}
+    for key, label, kwargs in configs:
+        s = summarize(scores[key], [r["id"] for r in rows])
+        s["label"], s["kwargs"] = label, kwargs
+        for style in ("fluo", "he"):
+            sel = [sc for r, sc in zip(rows, scores[key]) if r["style"] == style]
+            s[f"dsb_{style}"] = float(np.mean([x.dsb for x in sel]))
+            s[f"seconds_{style}"] = float(np.mean(
+                [t for r, t in zip(rows, seconds[key]) if r["style"] == style]))
+        s["seconds_mean"] = float(np.mean(seconds[key]))
+        out["configs"][key] = s
+        print(f"ablation {key}: DSB {s['dsb']:.3f} (fluo {s['dsb_fluo']:.3f}, "
+              f"he {s['dsb_he']:.3f}), {s['seconds_mean']:.2f} s/image")
+    return out
+
+
 MEMORY_CHILD = r"""
 import resource, sys, time, numpy as np
 from nucleaizer_backend import segment_image
@@ -201,15 +245,18 @@ def section_memory(model):
 
 
 def section_figures(model):
-    from bench.figures import example_overlay, f1_curve
+    from bench.figures import example_overlay, f1_curve, refinement_f1
 
     example_overlay(model)
     f1_curve()
-    return {"files": ["docs/example_overlay.png", "docs/f1_curve.png"]}
+    refinement_f1()
+    return {"files": ["docs/example_overlay.png", "docs/f1_curve.png",
+                      "docs/refinement_f1.png"]}
 
 
 SECTIONS = {"accuracy": section_accuracy, "size": section_size, "speed": section_speed,
-            "memory": section_memory, "figures": section_figures}
+            "memory": section_memory, "ablation": section_ablation,
+            "figures": section_figures}
 
 
 def load_results():

@@ -1,4 +1,4 @@
-"""The ``nucleaizer`` command: segment, estimate-size, train, evaluate.
+"""The ``nucleaizer`` command: segment, estimate-size, train, tune, evaluate.
 
 User mistakes (unreadable image, 3D stack, missing model) print one line and set the exit
 status; one bad image in a folder does not stop the others.
@@ -43,7 +43,10 @@ def cmd_segment(args):
     for p in paths:
         try:
             r = segment_image(read_image(p), model=args.model, diameter=args.diameter,
-                              device=args.device, confidence=args.confidence)
+                              device=args.device, confidence=args.confidence,
+                              refine=not args.no_refine, use_unet=not args.no_unet,
+                              tta=args.tta,
+                              postprocess=_postprocess_overrides(args))
             write_labels(out / f"{p.stem}.tif", r.labels)
             rows.append({"image": p.name, "nuclei": r.count, "diameter_px": round(r.diameter, 2),
                          "scale": round(r.scale, 4),
@@ -61,6 +64,11 @@ def cmd_segment(args):
     _write_csv(out / "summary.csv", rows)
     print(f"{len(paths) - failed} of {len(paths)} images segmented; labels and summary.csv in {out}")
     return EXIT_SOME_FAILED if failed else 0
+
+
+def _postprocess_overrides(args):
+    return {k: getattr(args, k) for k in ("p1", "p2", "p3", "p4", "p5", "p6")
+            if getattr(args, k) is not None}
 
 
 def cmd_estimate_size(args):
@@ -93,7 +101,9 @@ def cmd_train(args):
                       warmup=args.warmup, checkpoint_every=args.checkpoint_every,
                       val_every=args.val_every, val_limit=args.val_limit, seed=args.seed,
                       threads=args.threads, init=args.init,
-                      min_colour_share=args.min_colour_share)
+                      min_colour_share=args.min_colour_share,
+                      styles=args.styles.split(",") if args.styles else None,
+                      synthetic=args.synthetic, synthetic_share=args.synthetic_share)
     bar = _progress_bar(args.steps, "train")
 
     def progress(step, total, info):
@@ -107,6 +117,58 @@ def cmd_train(args):
         raise NucleaizerError(str(e)) from None
     bar.close()
     print(f"training finished: {run} (best.safetensors, log.jsonl, curve.png)")
+    return 0
+
+
+def _annotated_pairs(images_dir, truth_dir):
+    """[(name, image, labels)] for the images of ``images_dir`` with a label image of the
+    same name (optionally with a suffix such as _mask) in ``truth_dir``."""
+    from .imageio_utils import list_images, read_image
+    from .train.data import _strip_label_suffix, read_labels
+
+    truth_dir = Path(truth_dir)
+    if (truth_dir / "labels").is_dir():
+        truth_dir = truth_dir / "labels"
+    truths = {_strip_label_suffix(p.stem): p for p in list_images([truth_dir])}
+    pairs, unmatched = [], []
+    for p in list_images([images_dir]):
+        if p.stem in truths and truths[p.stem] != p:
+            pairs.append((p.stem, read_image(p), read_labels(truths[p.stem])))
+        elif p.parent != truth_dir:
+            unmatched.append(p.name)
+    if unmatched:
+        _fail(f"{len(unmatched)} images have no label image and are not used: "
+              + ", ".join(unmatched[:5]) + (" ..." if len(unmatched) > 5 else ""))
+    if not pairs:
+        raise NucleaizerError(f"no image in {images_dir} has a label image of the same name "
+                              f"in {truth_dir}")
+    return pairs
+
+
+def cmd_tune(args):
+    from .tune import tune, write_tuned_model
+
+    pairs = _annotated_pairs(args.images, args.truth)
+    bar = _progress_bar(len(pairs), "tune")
+
+    def progress(done, total, info):
+        if bar.total != total:
+            bar.reset(total=total)
+            bar.set_description(f"tune ({info.get('stage')})")
+        bar.n = done
+        if "dsb" in info:
+            bar.set_postfix(dsb=f"{info['dsb']:.4f}", refresh=False)
+        bar.refresh()
+
+    result = tune(pairs, model=args.model, device=args.device, rounds=args.rounds,
+                  progress=progress)
+    bar.close()
+    print(result.report())
+    if args.dry_run:
+        return 0
+    dst = write_tuned_model(result, args.model, args.out,
+                            tuned_on=f"{len(pairs)} images of {Path(args.images).resolve()}")
+    print(f"tuned parameters written to {dst / 'model.json'}; use it with --model {dst}")
     return 0
 
 
@@ -166,7 +228,21 @@ def build_parser():
     s.add_argument("inputs", nargs="+", help="image files or folders")
     s.add_argument("-o", "--output", required=True, help="output folder")
     s.add_argument("--diameter", type=float, help="nucleus diameter in px (default: estimated)")
-    s.add_argument("--confidence", type=float, default=0.5, help="minimum detection score")
+    s.add_argument("--confidence", type=float,
+                   help="minimum detection score (default: the model's, 0.5)")
+    s.add_argument("--no-refine", action="store_true",
+                   help="skip post-processing and U-Net contour refinement")
+    s.add_argument("--no-unet", action="store_true",
+                   help="post-processing rules only, without U-Net contour refinement")
+    s.add_argument("--tta", action="store_true",
+                   help="test-time augmentation (flips and rotations; about 6x slower)")
+    for name, what in (("p1", "merge into a neighbour touching more than this perimeter fraction"),
+                       ("p2", "minimum nucleus area, px^2 at the 40 px working scale"),
+                       ("p3", "U-Net probability threshold for contour correction"),
+                       ("p4", "contour margin inwards, px at the working scale"),
+                       ("p5", "contour margin outwards, px at the working scale"),
+                       ("p6", "minimum mean U-Net probability of a nucleus")):
+        s.add_argument(f"--{name}", type=float, help=f"{what} (default: the model's)")
     model_args(s)
     s.set_defaults(func=cmd_segment)
 
@@ -176,11 +252,12 @@ def build_parser():
     model_args(e)
     e.set_defaults(func=cmd_estimate_size)
 
-    t = sub.add_parser("train", help="train a main or preseg network (resumable)")
+    t = sub.add_parser("train", help="train a main, preseg or unet network (resumable)")
     t.add_argument("--data", required=True, help="folder of image + label pairs")
     t.add_argument("--val", help="folder of image + label pairs for validation")
     t.add_argument("--out", required=True, help="run folder (checkpoints, log, curve)")
-    t.add_argument("--kind", choices=["main", "preseg"], default="main")
+    t.add_argument("--kind", choices=["main", "preseg", "unet"], default="main",
+                   help="main: Mask R-CNN at 40 px; preseg: any size; unet: refinement U-Net")
     t.add_argument("--steps", type=int, default=6000)
     t.add_argument("--batch-size", type=int, default=2)
     t.add_argument("--crop", type=int, default=256, help="crop size in px (working scale)")
@@ -194,8 +271,24 @@ def build_parser():
     t.add_argument("--init", help="network file to start from")
     t.add_argument("--min-colour-share", type=float, default=0.3,
                    help="least share of samples for colour (stained) and for gray images")
+    t.add_argument("--styles", help="train only on these styles (comma-separated, from the "
+                   "data folder's index.csv), e.g. fluo")
+    t.add_argument("--synthetic", help="folder of synthetic image + label pairs mixed in")
+    t.add_argument("--synthetic-share", type=float, default=0.3,
+                   help="fraction of training crops taken from --synthetic (0.1-0.5)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out")
     t.set_defaults(func=cmd_train)
+
+    u = sub.add_parser("tune", help="tune post-processing (p1..p6, confidence) on annotated "
+                       "images; writes them into a model folder's model.json")
+    u.add_argument("--images", required=True, help="folder of images")
+    u.add_argument("--truth", required=True, help="folder of label images with the same names")
+    u.add_argument("--out", help="new model folder (a copy of --model with the tuned values); "
+                   "needed when tuning the shipped model")
+    u.add_argument("--rounds", type=int, default=2, help="coordinate-descent rounds")
+    u.add_argument("--dry-run", action="store_true", help="only print the tuned values")
+    model_args(u)
+    u.set_defaults(func=cmd_tune)
 
     v = sub.add_parser("evaluate", help="score label images against ground truth (METHOD.md 5)")
     v.add_argument("--pred", required=True, help="folder of predicted label images")

@@ -39,16 +39,30 @@ class Detections:
                                    self.shape, self.scale, min_area, with_probability)
 
 
+def _resize(x, size):
+    """Bilinear resize of a (C, H, W) tensor to ``size`` = (h, w) (antialiased when shrinking)."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    shrink = size[0] < x.shape[-2] or size[1] < x.shape[-1]
+    return F.interpolate(x[None], size=size, mode="bilinear", align_corners=False,
+                         antialias=shrink)[0]
+
+
+def working_size(shape, scale):
+    """(h, w) of an image of ``shape`` (H, W, ...) rescaled by ``scale``."""
+    return max(1, int(round(shape[0] * scale))), max(1, int(round(shape[1] * scale)))
+
+
 def rescale_image(image, scale, device):
     """(H, W, 3) float image -> (3, round(H*scale), round(W*scale)) tensor on ``device``."""
     x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).permute(2, 0, 1)
-    x = x.to(device)
-    if abs(scale - 1.0) < 1e-6:
-        return x
-    h, w = image.shape[:2]
-    size = (max(1, int(round(h * scale))), max(1, int(round(w * scale))))
-    return F.interpolate(x[None], size=size, mode="bilinear", align_corners=False,
-                         antialias=scale < 1)[0]
+    return _resize(x.to(device), working_size(image.shape, scale))
+
+
+def map_to_original(x, shape):
+    """A (h, w) working-scale map tensor (e.g. a probability) -> (H, W) float32 numpy array
+    in the original geometry ``shape``."""
+    return _resize(x[None].float(), tuple(shape[:2]))[0].cpu().numpy()
 
 
 def tile_starts(length, tile, overlap):

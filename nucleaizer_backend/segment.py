@@ -1,5 +1,6 @@
 """The nucleAIzer inference path: normalise -> estimate size -> rescale to the working size
--> Mask R-CNN -> labels in the original geometry (METHOD.md section 2)."""
+-> Mask R-CNN (optionally with test-time augmentation) -> labels in the original geometry
+-> post-processing rules and U-Net contour refinement (METHOD.md section 2)."""
 import time
 from dataclasses import dataclass
 
@@ -10,7 +11,9 @@ from .device import resolve_device
 from .errors import InputImageError
 from .models.io import load_model
 from .preprocess import normalize_image
+from .refine import PostprocessParams, foreground_probability, refine as refine_labels
 from .size import SizeEstimate, find_nuclei
+from .tta import segment_with_tta
 
 SCALE_RANGE = (0.05, 10.0)  # working / original; outside it the scale is clamped
 MAX_WORKING_PIXELS = 64e6  # bigger working images are scaled down (clamped) to this
@@ -27,7 +30,9 @@ class SegmentationResult:
     scale: working / original size factor actually used; scale_clamped: True when the
     diameter asked for a scale outside SCALE_RANGE or the pixel limit.
     size_estimate: the automatic estimate (None when a diameter was given).
-    probability: (H, W) float32 mask probability (max over detections) or None.
+    probability: (H, W) float32 nucleus probability per pixel, or None: the U-Net's when
+    refinement ran with one, else the Mask R-CNN masks' (max over detections).
+    params: the post-processing parameters used; refined, tta: which steps ran.
     seconds: wall time of the whole call.
     """
 
@@ -39,6 +44,9 @@ class SegmentationResult:
     size_estimate: SizeEstimate = None
     probability: np.ndarray = None
     seconds: float = 0.0
+    params: PostprocessParams = None
+    refined: bool = False
+    tta: bool = False
 
     @property
     def count(self):
@@ -82,39 +90,84 @@ def estimate_size(image, model=None, device="auto", confidence=0.5, return_label
                             return_labels)
 
 
-def segment_image(image, model=None, diameter=None, device="auto", confidence=0.5,
-                  mask=None, tile_size=DEFAULT_TILE, return_probability=False):
+def postprocess_params(bundle, overrides=None, confidence=None):
+    """Post-processing parameters: the paper's defaults, updated by those stored with the
+    model (model.json "postprocess", e.g. from ``nucleaizer tune``), then by ``overrides``
+    (dict or PostprocessParams) and an explicit ``confidence``."""
+    values = PostprocessParams().to_dict()
+    values.update(PostprocessParams.from_dict(bundle.postprocess).to_dict()
+                  if bundle.postprocess else {})
+    if isinstance(overrides, PostprocessParams):
+        overrides = overrides.to_dict()
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    if confidence is not None:
+        values["confidence"] = confidence
+    params = PostprocessParams.from_dict(values)
+    if not 0.0 <= params.confidence <= 1.0:
+        raise InputImageError(f"confidence must be between 0 and 1 (got {params.confidence})")
+    return params
+
+
+def segment_image(image, model=None, diameter=None, device="auto", confidence=None,
+                  mask=None, tile_size=DEFAULT_TILE, return_probability=False, refine=True,
+                  use_unet=True, tta=False, postprocess=None):
     """Segment the nuclei of a 2D image; returns a SegmentationResult.
 
     image: (H, W), (H, W, C) or (C, H, W) array, any dtype. model: model folder or network
     file (None = shipped default). diameter: typical nucleus diameter in px (None = estimate
-    it). confidence: minimum detection score (0-1). mask: optional (H, W) bool array; only
-    objects mostly inside it are kept, clipped to it.
+    it). confidence: minimum detection score (0-1; None = the model's, default 0.5).
+    mask: optional (H, W) bool array; only objects mostly inside it are kept, clipped to it.
+    refine: apply the post-processing rules (contained objects, p1, p2) and, with
+    ``use_unet`` and a model that has a U-Net, the contour correction (p3..p5) and the p6
+    rule. tta: test-time augmentation (6 versions: about 6x slower).
+    postprocess: p1..p6 overrides (dict or PostprocessParams; see refine.PostprocessParams).
     """
     t0 = time.perf_counter()
     device = resolve_device(device)
     bundle = load_model(model, device)
+    params = postprocess_params(bundle, postprocess, confidence)
     norm = normalize_image(image)
     shape = norm.shape[:2]
     if mask is not None and np.shape(mask) != shape:
         raise InputImageError(f"mask of shape {np.shape(mask)} does not match image {shape}")
     estimate = None
     if diameter is None:
-        estimate = _preseg_estimate(bundle.preseg, norm, device, confidence)
+        estimate = _preseg_estimate(bundle.preseg, norm, device, params.confidence)
         diameter = estimate.median_diameter
     if not diameter > 0:
         raise InputImageError(f"nucleus diameter must be positive (got {diameter})")
     scale, clamped = choose_scale(float(diameter), bundle.working_diameter, shape)
+    use_unet = refine and use_unet and bundle.unet is not None
+    prob = None
     if _nothing_to_find(norm):
         labels, scores = np.zeros(shape, np.uint16), np.zeros(0, np.float32)
         prob = np.zeros(shape, np.float32) if return_probability else None
     else:
-        dets = detect(bundle.main, norm, scale, device, tile=tile_size, min_score=confidence)
-        labels, scores, prob = dets.to_labels(confidence, with_probability=return_probability)
+        want_mask_prob = return_probability and not use_unet and not tta
+
+        def detect_labels(img):
+            dets = detect(bundle.main, img, scale, device, tile=tile_size,
+                          min_score=params.confidence)
+            return dets.to_labels(params.confidence, with_probability=want_mask_prob)
+
+        if tta:
+            labels, scores = segment_with_tta(lambda img: detect_labels(img)[:2], norm)
+        else:
+            labels, scores, prob = detect_labels(norm)
+        if use_unet or (return_probability and prob is None and bundle.unet is not None):
+            prob = foreground_probability(bundle.unet, norm, scale, device)
+        elif return_probability and prob is None:  # TTA without any U-Net
+            prob = detect(bundle.main, norm, scale, device, tile=tile_size,
+                          min_score=params.confidence).to_labels(
+                params.confidence, with_probability=True)[2]
+        if refine:
+            labels, scores = refine_labels(labels, scores, scale, params,
+                                           prob if use_unet else None)
     if mask is not None:
         labels, scores = restrict_to_mask(labels, scores, np.asarray(mask, bool))
-    return SegmentationResult(labels, scores, float(diameter), scale, clamped, estimate, prob,
-                              time.perf_counter() - t0)
+    return SegmentationResult(labels, scores, float(diameter), scale, clamped, estimate,
+                              prob if return_probability else None,
+                              time.perf_counter() - t0, params, bool(refine), bool(tta))
 
 
 def restrict_to_mask(labels, scores, mask):
@@ -133,6 +186,6 @@ def restrict_to_mask(labels, scores, mask):
     return out.astype(label_dtype(int(keep.sum()))), scores[keep[1:]]
 
 
-def segment(image, model=None, diameter=None, device="auto", confidence=0.5, **kwargs):
+def segment(image, model=None, diameter=None, device="auto", confidence=None, **kwargs):
     """Label image (same height/width as ``image``, 0 = background) of its nuclei."""
     return segment_image(image, model, diameter, device, confidence, **kwargs).labels

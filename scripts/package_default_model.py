@@ -1,12 +1,14 @@
 """Assemble the shipped default model folder from training runs.
 
-    python scripts/package_default_model.py --main runs/main-s1/best.safetensors \
-        --preseg runs/preseg-s1/best.safetensors [--out nucleaizer_backend/weights/default]
+    python scripts/package_default_model.py [--main runs/main-s1/best.safetensors] \
+        [--preseg runs/preseg-s1/best.safetensors] [--unet runs/unet-s1/best.safetensors] \
+        [--postprocess '{"p2": 44}'] [--out nucleaizer_backend/weights/default]
 
-Copies the two network files (already fp16 safetensors with their metadata), writes
-model.json (what the model is, what it was trained on, how, and its validation scores from
-each network's own metadata and its run's log) and keeps each run's config.json, log.jsonl
-and curve.png under docs/training/<run>/ so the training can be read later.
+Copies the network files given (already fp16 safetensors with their metadata; a network not
+given keeps its current file and record), writes model.json (what the model is, what it was
+trained on, how, its validation scores from each network's own metadata and its run's log,
+and the post-processing parameters) and keeps each run's config.json, log.jsonl and
+curve.png under docs/training/<run>/ so the training can be read later.
 """
 import argparse
 import json
@@ -18,7 +20,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from nucleaizer_backend.models.io import (DEFAULT_MODEL_DIR, INFO_FILE, MAIN_FILE,  # noqa: E402
-                                          PRESEG_FILE, read_network_meta)
+                                          PRESEG_FILE, UNET_FILE, read_network_meta)
+from nucleaizer_backend.refine import PostprocessParams  # noqa: E402
+
+NETWORKS = {"main": MAIN_FILE, "preseg": PRESEG_FILE, "unet": UNET_FILE}
 
 
 def run_history(network_file):
@@ -34,7 +39,7 @@ def run_history(network_file):
         steps = [r for r in recs if "sec_per_step" in r]
         if steps:
             out["mean_sec_per_step"] = round(sum(r["sec_per_step"] for r in steps) / len(steps), 3)
-        out["validation"] = [r for r in recs if "val_dsb" in r]
+        out["validation"] = [r for r in recs if "val_select" in r]
     return out
 
 
@@ -49,37 +54,48 @@ def keep_run_record(network_file, docs):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--main", required=True)
-    ap.add_argument("--preseg", required=True)
+    for kind in NETWORKS:
+        ap.add_argument(f"--{kind}", help=f"{kind} network file (default: keep the current one)")
+    ap.add_argument("--postprocess", help="JSON of post-processing values to store "
+                    "(default: keep the current ones, else the paper's)")
     ap.add_argument("--out", default=str(DEFAULT_MODEL_DIR))
-    ap.add_argument("--note", default="", help="free text kept in model.json")
+    ap.add_argument("--note", help="free text kept in model.json")
     ap.add_argument("--docs", default=str(ROOT / "docs" / "training"),
                     help="where the runs' logs and curves are kept")
     ap.add_argument("--compute", default="2-core CPU (no GPU), torch CPU threads 2",
-                    help="what the training ran on")
+                    help="what the training of the networks given ran on")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(args.main, out / MAIN_FILE)
-    shutil.copyfile(args.preseg, out / PRESEG_FILE)
-    main_meta, preseg_meta = read_network_meta(out / MAIN_FILE), read_network_meta(out / PRESEG_FILE)
+    old = json.loads((out / INFO_FILE).read_text()) if (out / INFO_FILE).is_file() else {}
     info = {
         "name": "nucleaizer-default",
         "description": "nucleAIzer default model: Mask R-CNN (small ResNet-FPN, trained from "
-                       "scratch) at a 40 px working nucleus diameter, plus a scale-robust preseg "
-                       "network for nucleus size estimation.",
+                       "scratch) at a 40 px working nucleus diameter, a scale-robust preseg "
+                       "network for nucleus size estimation, and a U-Net for contour "
+                       "refinement at the working scale.",
         "training_data": "DSB 2018 stage-1 training set with corrected annotations (CC0), "
                          "train split (482 images: 411 fluorescence, 71 H&E-like brightfield); "
                          "model selection on the val split (67 images)",
-        "trained_nucleus_diameter_px": main_meta.get("diameter"),
-        "compute": args.compute,
-        "main": {"file": MAIN_FILE, "meta": main_meta, "history": run_history(args.main)},
-        "preseg": {"file": PRESEG_FILE, "meta": preseg_meta, "history": run_history(args.preseg)},
-        "note": args.note,
+        "trained_nucleus_diameter_px": None,
+        "compute": old.get("compute", args.compute),
     }
+    for kind, name in NETWORKS.items():
+        src = getattr(args, kind)
+        if src:
+            shutil.copyfile(src, out / name)
+            info[kind] = {"file": name, "meta": read_network_meta(out / name),
+                          "history": run_history(src), "compute": args.compute}
+            keep_run_record(src, Path(args.docs))
+        elif kind in old:
+            info[kind] = old[kind]
+        elif not (out / name).is_file():
+            sys.exit(f"no {kind} network: give --{kind}")
+    info["trained_nucleus_diameter_px"] = info["main"]["meta"].get("diameter")
+    post = json.loads(args.postprocess) if args.postprocess else old.get("postprocess", {})
+    info["postprocess"] = PostprocessParams.from_dict(post).to_dict()
+    info["note"] = args.note if args.note is not None else old.get("note", "")
     (out / INFO_FILE).write_text(json.dumps(info, indent=1))
-    for network_file in (args.main, args.preseg):
-        keep_run_record(network_file, Path(args.docs))
     print(f"default model written to {out}")
 
 

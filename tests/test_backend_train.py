@@ -147,4 +147,52 @@ def test_preseg_kind_and_validation(train_data, tmp_path):
 
 def test_unknown_kind_is_refused(train_data, tmp_path):
     with pytest.raises(ValueError, match="kind"):
-        train(TrainConfig(data=str(train_data), out=str(tmp_path / "x"), kind="unet", **TINY))
+        train(TrainConfig(data=str(train_data), out=str(tmp_path / "x"), kind="maskrnn", **TINY))
+
+
+def test_unet_kind_trains_lowers_loss_and_loads(train_data, tmp_path):
+    """The refinement U-Net trains with the same command; its loss falls on two images and
+    its file rebuilds as a U-Net that outputs probabilities of the input's size."""
+    from nucleaizer_backend.models.io import load_network
+    from nucleaizer_backend.models.unet import RefinementUNet
+
+    run = tmp_path / "unet"
+    cfg = TrainConfig(data=str(train_data), out=str(run), kind="unet", val=str(train_data),
+                      val_every=80, val_limit=1, steps=80, batch_size=2, crop=64,
+                      checkpoint_every=80, warmup=5, lr=3e-3, seed=1)
+    train(cfg)
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    losses = [r["loss_bce"] for r in log if "loss_bce" in r]  # means over 20 steps
+    assert losses[-1] < 0.8 * losses[0], losses
+    val = [r for r in log if "val_fg_iou" in r]
+    assert len(val) == 1 and 0.0 <= val[0]["val_fg_iou"] <= 1.0
+    net, meta = load_network(run / "best.safetensors")
+    assert isinstance(net, RefinementUNet) and meta["kind"] == "unet" and meta["diameter"] == 40.0
+    with torch.inference_mode():
+        assert net(torch.rand(1, 3, 45, 70)).shape == (1, 45, 70)
+
+
+def test_styles_filter_and_synthetic_share(train_data, tmp_path):
+    """--styles keeps only images of those styles (index.csv); --synthetic mixes in a folder
+    of synthetic pairs at --synthetic-share."""
+    from nucleaizer_backend.train.loop import pick_item, training_items
+
+    (train_data / "index.csv").write_text(
+        "id,style\nfluo_0e5edb072788,fluo\nhe_420f43d21dba,he\n")
+    try:
+        cfg = TrainConfig(data=str(train_data), out=str(tmp_path / "s"), styles=["fluo"])
+        assert [it.name for it in training_items(cfg)] == ["fluo_0e5edb072788"]
+        with pytest.raises(ValueError, match="style"):
+            training_items(TrainConfig(data=str(train_data), out="x", styles=["brightfield"]))
+    finally:
+        (train_data / "index.csv").unlink()
+    items, synthetic = ["real"] * 3, ["synthetic"] * 2
+    rng = np.random.default_rng(0)
+    picks = [pick_item(items, np.full(3, 1 / 3), synthetic, 0.3, rng) for _ in range(2000)]
+    assert picks.count("synthetic") / 2000 == pytest.approx(0.3, abs=0.03)
+    assert all(pick_item(items, np.full(3, 1 / 3), [], 0.3, rng) == "real" for _ in range(50))
+    run = tmp_path / "mixed"
+    train(TrainConfig(data=str(train_data), out=str(run), synthetic=str(train_data),
+                      synthetic_share=0.5, **TINY))
+    start = json.loads((run / "log.jsonl").read_text().splitlines()[0])
+    assert start["synthetic_images"] == 2

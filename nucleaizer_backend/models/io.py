@@ -4,10 +4,11 @@ A *network file* is one ``.safetensors`` file (no pickle: loading cannot run cod
 header carries the JSON metadata needed to rebuild it (``architecture``, ``kind``, the nucleus
 ``diameter`` in px it works at, training facts). Floating-point weights are stored as fp16.
 
-A *model folder* holds ``main.safetensors`` (segmentation at the working size),
-``preseg.safetensors`` (size estimation at any scale; optional, the default one is used when
-absent) and ``model.json`` (human-readable description, training data, scores, and the
-post-processing/inference parameters).
+A *model folder* holds ``main.safetensors`` (Mask R-CNN segmentation at the working size),
+``preseg.safetensors`` (size estimation at any scale), ``unet.safetensors`` (contour
+refinement at the working size) and ``model.json`` (human-readable description, training
+data, scores, and the post-processing parameters under ``"postprocess"``). preseg and unet
+are optional: the shipped default ones are used when a folder lacks them.
 """
 import json
 import threading
@@ -18,10 +19,22 @@ import torch
 
 from ..errors import ModelFileError
 from .maskrcnn import MaskRCNNConfig, build_maskrcnn
+from .unet import UNetConfig, build_unet
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "weights" / "default"
-MAIN_FILE, PRESEG_FILE, INFO_FILE = "main.safetensors", "preseg.safetensors", "model.json"
+MAIN_FILE, PRESEG_FILE, UNET_FILE = "main.safetensors", "preseg.safetensors", "unet.safetensors"
+INFO_FILE = "model.json"
 _META_KEY = "nucleaizer"
+
+
+def build_network(kind, architecture=None):
+    """A network with random weights: Mask R-CNN for ``kind`` main/preseg, U-Net for unet."""
+    architecture = architecture or {}
+    if kind in ("main", "preseg"):
+        return build_maskrcnn(MaskRCNNConfig.from_dict(architecture))
+    if kind == "unet":
+        return build_unet(UNetConfig.from_dict(architecture))
+    raise ValueError(f"unknown network kind {kind!r} (main, preseg or unet)")
 
 
 def save_network(model, path, meta):
@@ -63,7 +76,7 @@ def load_network(path, device="cpu"):
     meta = read_network_meta(path)
     try:
         state = load_file(str(path))
-        model = build_maskrcnn(MaskRCNNConfig.from_dict(meta["architecture"]))
+        model = build_network(meta.get("kind", "main"), meta["architecture"])
         own = model.state_dict()
         model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
     except Exception as e:
@@ -74,7 +87,8 @@ def load_network(path, device="cpu"):
 
 @dataclass
 class ModelBundle:
-    """The networks of one model folder, ready for inference."""
+    """The networks of one model folder, ready for inference (``unet`` is None when neither
+    the folder nor the shipped default has one)."""
 
     path: Path
     main: torch.nn.Module
@@ -82,11 +96,18 @@ class ModelBundle:
     main_meta: dict
     preseg_meta: dict
     info: dict = field(default_factory=dict)
+    unet: torch.nn.Module = None
+    unet_meta: dict = None
 
     @property
     def working_diameter(self):
         """Nucleus diameter in px that the main network was trained at."""
         return float(self.main_meta.get("diameter", 40.0))
+
+    @property
+    def postprocess(self):
+        """Post-processing parameters stored with the model (model.json "postprocess")."""
+        return dict(self.info.get("postprocess") or {})
 
 
 _cache = {}
@@ -111,23 +132,37 @@ def check_model_path(path=None):
     return p
 
 
+def _network_file(folder, name):
+    """``folder/name`` when the model folder has it, else the shipped default's (or None)."""
+    if folder.is_dir() and (folder / name).is_file():
+        return folder / name
+    return DEFAULT_MODEL_DIR / name if (DEFAULT_MODEL_DIR / name).is_file() else None
+
+
+def _mtime(path):
+    return path.stat().st_mtime_ns if path is not None and path.is_file() else None
+
+
 def load_model(path=None, device="cpu"):
-    """Load (once per process, path and device) a model folder or a main network file."""
+    """Load (once per process, path, file versions and device) a model folder or a main
+    network file; returns a ModelBundle."""
     p = resolve_model_path(path)
     main_file = p / MAIN_FILE if p.is_dir() else p
-    preseg_file = p / PRESEG_FILE if p.is_dir() and (p / PRESEG_FILE).is_file() \
-        else DEFAULT_MODEL_DIR / PRESEG_FILE
-    key = (str(main_file), main_file.stat().st_mtime_ns, str(preseg_file), str(device))
+    preseg_file, unet_file = _network_file(p, PRESEG_FILE), _network_file(p, UNET_FILE)
+    info_file = (p if p.is_dir() else p.parent) / INFO_FILE
+    key = tuple((str(f), _mtime(f)) for f in (main_file, preseg_file, unet_file, info_file))
+    key += (str(device),)
     with _cache_lock:
         if key not in _cache:
             main, main_meta = load_network(main_file, device)
             preseg, preseg_meta = load_network(preseg_file, device)
+            unet, unet_meta = load_network(unet_file, device) if unet_file else (None, None)
             info = {}
-            info_file = (p if p.is_dir() else p.parent) / INFO_FILE
             if info_file.is_file():
                 try:
                     info = json.loads(info_file.read_text())
                 except json.JSONDecodeError:
                     raise ModelFileError(f"{info_file}: corrupt model description") from None
-            _cache[key] = ModelBundle(p, main, preseg, main_meta, preseg_meta, info)
+            _cache[key] = ModelBundle(p, main, preseg, main_meta, preseg_meta, info,
+                                      unet, unet_meta)
         return _cache[key]

@@ -113,12 +113,12 @@ def targets_from_labels(labels, min_area):
 
 
 def make_training_crop(item, spec, rng):
-    """One augmented crop of a LabeledImage -> (image (3, S, S) float32, boxes, masks)."""
+    """One augmented crop of a LabeledImage -> (image (3, S, S) float32, labels (S, S) int32
+    numbered 1..N)."""
+    from ..labels import relabel_sequential
+
     scale = sample_scale(item.diameter, spec, rng)
     img, lab = affine_crop(item.image, item.labels, scale, spec, rng,
                            any_angle=rng.random() < 0.5)
     img = augment_intensity(img, rng)
-    from ..labels import relabel_sequential
-
-    boxes, masks = targets_from_labels(relabel_sequential(lab).astype(np.int32), spec.min_area)
-    return img.transpose(2, 0, 1).copy(), boxes, masks
+    return img.transpose(2, 0, 1).copy(), relabel_sequential(lab).astype(np.int32)

@@ -1,11 +1,12 @@
-"""The resumable training loop for the Mask R-CNN networks (main and preseg).
+"""The resumable training loop for the networks: Mask R-CNN main and preseg, and the
+refinement U-Net (kind ``unet``, trained at the main network's 40 px working scale).
 
 A run folder holds everything needed to continue and to judge a run:
 ``config.json``, ``checkpoint.pt`` (weights, optimiser, step, random states; written every
 ``checkpoint_every`` steps and loaded with ``weights_only=True``), ``log.jsonl`` (loss lines
 and validation lines), ``curve.png``, ``last.safetensors`` and ``best.safetensors`` (fp16
 network files; best = highest validation DSB score for main; for preseg, the most val images
-whose size estimate is within 20%, DSB breaking ties).
+whose size estimate is within 20%, DSB breaking ties; for unet, the foreground IoU).
 """
 import json
 import math
@@ -17,9 +18,8 @@ import numpy as np
 import torch
 
 from ..evaluate import score_image, summarize
-from ..models.io import save_network
-from ..models.maskrcnn import MaskRCNNConfig, build_maskrcnn
-from .augment import CropSpec, make_training_crop
+from ..models.io import build_network, save_network
+from .augment import CropSpec, make_training_crop, targets_from_labels
 from .data import load_dataset
 
 WORKING_DIAMETER = 40.0  # px: the main network's nucleus size (METHOD.md section 2)
@@ -31,7 +31,7 @@ class TrainConfig:
     data: str
     out: str
     val: str = None
-    kind: str = "main"  # "main" (nuclei rescaled to 40 px) or "preseg" (scale augmentation)
+    kind: str = "main"  # "main"/"unet" (nuclei rescaled to 40 px), "preseg" (scale augmentation)
     steps: int = 6000
     batch_size: int = 2
     crop: int = 256
@@ -46,13 +46,16 @@ class TrainConfig:
     init: str = None  # network file to start from (fine-tuning / next stage)
     architecture: dict = None
     min_colour_share: float = 0.3  # colour (e.g. H&E) and gray images: each at least this share
+    styles: list = None  # train only on images of these styles (data folder's index.csv)
+    synthetic: str = None  # folder of synthetic image + label pairs (style adaptation)
+    synthetic_share: float = 0.3  # fraction of crops drawn from ``synthetic``
 
     def crop_spec(self):
         if self.kind == "preseg":
             return CropSpec(size=self.crop, scale_range=PRESEG_RANGE)
-        if self.kind == "main":
+        if self.kind in ("main", "unet"):
             return CropSpec(size=self.crop, target_diameter=WORKING_DIAMETER)
-        raise ValueError(f"unknown model kind {self.kind!r} (main or preseg)")
+        raise ValueError(f"unknown model kind {self.kind!r} (main, preseg or unet)")
 
 
 def is_colour(item):
@@ -75,6 +78,28 @@ def sampling_weights(items, min_share):
     return p, colour
 
 
+def training_items(cfg):
+    """The annotated training images of ``cfg.data`` (only ``cfg.styles`` when given)."""
+    items = [it for it in load_dataset(cfg.data) if np.isfinite(it.diameter)]
+    if cfg.styles:
+        styles = read_styles(cfg.data)
+        if not styles:
+            raise ValueError(f"--styles needs an index.csv with a style column in or above "
+                             f"{cfg.data}")
+        items = [it for it in items if styles.get(it.name) in cfg.styles]
+        if not items:
+            raise ValueError(f"no training image of style {', '.join(cfg.styles)} in {cfg.data}")
+    return items
+
+
+def pick_item(items, weights, synthetic, synthetic_share, rng):
+    """One training image: synthetic with probability ``synthetic_share`` (when there are
+    synthetic images), else an annotated one drawn with ``weights``."""
+    if synthetic and rng.random() < synthetic_share:
+        return synthetic[rng.integers(len(synthetic))]
+    return items[rng.choice(len(items), p=weights)]
+
+
 def learning_rate(cfg, step):
     """Linear warm-up, then cosine decay to 5% of ``cfg.lr`` at ``cfg.steps``."""
     if step < cfg.warmup:
@@ -83,10 +108,16 @@ def learning_rate(cfg, step):
     return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
-def to_targets(crops):
+def to_targets(crops, kind, min_area):
+    """Training crops [(image (3, S, S), labels (S, S))] -> (image tensors, targets): boxes,
+    labels and instance masks for Mask R-CNN; a foreground mask for the U-Net."""
     images, targets = [], []
-    for img, boxes, masks in crops:
+    for img, lab in crops:
         images.append(torch.from_numpy(img))
+        if kind == "unet":
+            targets.append({"foreground": torch.from_numpy((lab > 0).astype(np.float32))})
+            continue
+        boxes, masks = targets_from_labels(lab, min_area)
         targets.append({
             "boxes": torch.from_numpy(boxes),
             "labels": torch.ones(len(boxes), dtype=torch.int64),
@@ -98,18 +129,21 @@ def to_targets(crops):
 def validation_scale(kind, item):
     """The scale a validation image is segmented at: its true nucleus size -> 40 px for main
     (so the score measures the network, not the size estimate); native scale for preseg."""
-    if kind == "main":
+    if kind in ("main", "unet"):
         return WORKING_DIAMETER / item.diameter
     return 1.0
 
 
 def validate(model, items, kind, device, styles=None, confidence=0.5):
-    """DSB score (overall and per style) of ``model`` on labelled images."""
+    """DSB score (overall and per style) of a Mask R-CNN on labelled images; foreground IoU
+    for a U-Net."""
     from ..detect import detect
 
     from ..size import SizeEstimate, estimate_diameters
 
     model.eval()
+    if kind == "unet":
+        return validate_unet(model, items, device, styles)
     scores, size_ok = [], []
     for item in items:
         image = item.image.astype(np.float32)
@@ -131,6 +165,25 @@ def validate(model, items, kind, device, styles=None, confidence=0.5):
             s = [sc for it, sc in zip(items, scores) if styles.get(it.name) == style]
             if s:
                 result[f"val_dsb_{style}"] = float(np.mean([x.dsb for x in s]))
+    return result
+
+
+def validate_unet(model, items, device, styles=None):
+    """Foreground IoU (probability > 0.5 vs annotated nuclei), mean over images and styles."""
+    from ..refine import foreground_probability
+
+    ious = []
+    for item in items:
+        prob = foreground_probability(model, item.image.astype(np.float32),
+                                      validation_scale("unet", item), device)
+        fg, truth = prob > 0.5, item.labels > 0
+        union = np.logical_or(fg, truth).sum()
+        ious.append(float(np.logical_and(fg, truth).sum() / union) if union else 1.0)
+    result = {"val_fg_iou": float(np.mean(ious)), "val_select": float(np.mean(ious))}
+    for style in sorted(set((styles or {}).values())):
+        s = [v for it, v in zip(items, ious) if styles.get(it.name) == style]
+        if s:
+            result[f"val_fg_iou_{style}"] = float(np.mean(s))
     return result
 
 
@@ -179,7 +232,7 @@ def save_checkpoint(run, model, optimizer, step, rng, best):
 def network_meta(cfg, step, extra=None):
     meta = {
         "kind": cfg.kind,
-        "diameter": WORKING_DIAMETER if cfg.kind == "main" else None,
+        "diameter": WORKING_DIAMETER if cfg.kind in ("main", "unet") else None,
         "scale_range": list(PRESEG_RANGE) if cfg.kind == "preseg" else None,
         "trained_on": str(cfg.data),
         "steps": step,
@@ -208,8 +261,8 @@ def train(cfg, resume=False, progress=None):
     rng = np.random.default_rng(cfg.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
-    arch = MaskRCNNConfig.from_dict(cfg.architecture or {})
-    model = build_maskrcnn(arch)
+    spec = cfg.crop_spec()  # also refuses an unknown kind before anything is loaded
+    model = build_network(cfg.kind, cfg.architecture)
     if cfg.init:
         from ..models.io import load_network
 
@@ -227,12 +280,14 @@ def train(cfg, resume=False, progress=None):
         rng.bit_generator.state = json.loads(state["numpy_rng"])
         torch.set_rng_state(state["torch_rng"])
 
-    train_items = [it for it in load_dataset(cfg.data) if np.isfinite(it.diameter)]
+    train_items = training_items(cfg)
+    synthetic_items = [it for it in load_dataset(cfg.synthetic) if np.isfinite(it.diameter)] \
+        if cfg.synthetic else []
     val_items = load_dataset(cfg.val, cfg.val_limit) if cfg.val else []
     styles = read_styles(cfg.val) if cfg.val else {}
-    spec = cfg.crop_spec()
     weights, colour = sampling_weights(train_items, cfg.min_colour_share)
     run.append_log({"event": "start", "step": step, "train_images": len(train_items),
+                    "synthetic_images": len(synthetic_items),
                     "colour_share": float(weights[colour].sum()),
                     "val_images": len(val_items), "time": time.time()})
 
@@ -242,9 +297,10 @@ def train(cfg, resume=False, progress=None):
         lr = learning_rate(cfg, step)
         for g in optimizer.param_groups:
             g["lr"] = lr
-        batch = [make_training_crop(train_items[rng.choice(len(train_items), p=weights)], spec, rng)
+        batch = [make_training_crop(pick_item(train_items, weights, synthetic_items,
+                                              cfg.synthetic_share, rng), spec, rng)
                  for _ in range(cfg.batch_size)]
-        images, targets = to_targets(batch)
+        images, targets = to_targets(batch, cfg.kind, spec.min_area)
         images = [i.to(device) for i in images]
         targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
         losses = model(images, targets)
@@ -290,7 +346,8 @@ def plot_curve(run):
 
     log = run.read_log()
     loss = [(r["step"], r["loss"]) for r in log if "loss" in r]
-    val = [(r["step"], r["val_dsb"]) for r in log if "val_dsb" in r]
+    metric = "val_fg_iou" if any("val_fg_iou" in r for r in log) else "val_dsb"
+    val = [(r["step"], r[metric]) for r in log if metric in r]
     if not loss:
         return
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -302,8 +359,9 @@ def plot_curve(run):
     if val:
         ax2 = ax.twinx()
         vs, vd = zip(*val)
-        ax2.plot(vs, vd, "o-", color="tab:red", label="val DSB")
-        ax2.set_ylabel("validation DSB score", color="tab:red")
+        name = "foreground IoU" if metric == "val_fg_iou" else "DSB score"
+        ax2.plot(vs, vd, "o-", color="tab:red", label=f"val {name}")
+        ax2.set_ylabel(f"validation {name}", color="tab:red")
         ax2.set_ylim(0, 1)
     ax.set_title(run.dir.name)
     fig.tight_layout()

@@ -1,0 +1,162 @@
+"""Search the post-processing parameters (p1..p6 and the detection confidence) that maximise
+the DSB score on a user's annotated images (METHOD.md section 2 step 6; the paper tuned them
+with a genetic search on DSB), so that a lab can tune once on a few annotated images.
+
+The networks run once per image (Mask R-CNN detections at the lowest confidence searched, the
+U-Net probability, the scale); each parameter set then only re-runs the cheap rules. The
+search is coordinate descent over a grid per parameter, starting from the current values,
+for a few rounds.
+"""
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .detect import detect
+from .device import resolve_device
+from .errors import NucleaizerError
+from .evaluate import score_image
+from .models.io import load_model
+from .preprocess import normalize_image
+from .refine import PostprocessParams, apply_lut, foreground_probability, refine
+from .segment import _preseg_estimate, choose_scale, postprocess_params
+
+GRID = {
+    "confidence": [0.3, 0.4, 0.5, 0.6, 0.7, 0.8],
+    "p1": [0.1, 0.17, 0.25, 0.35, 0.5, 1.0],  # 1.0: never merge
+    "p2": [0.0, 20.0, 44.0, 80.0, 150.0],
+    "p3": [0.3, 0.5, 0.7, 0.85, 0.9375],
+    "p4": [0.0, 1.0, 2.0],
+    "p5": [0.0, 1.0, 2.0],
+    "p6": [0.0, 0.3, 0.5, 0.65, 0.8],
+}
+
+
+@dataclass
+class CachedImage:
+    """What the networks produced for one image: Mask R-CNN labels/scores at the lowest
+    confidence searched, U-Net probability (or None), scale, and the true labels."""
+
+    name: str
+    labels: np.ndarray
+    scores: np.ndarray
+    prob: np.ndarray
+    scale: float
+    truth: np.ndarray
+
+
+@dataclass
+class TuneResult:
+    params: PostprocessParams
+    dsb: float
+    start_dsb: float
+    history: list = field(default_factory=list)  # (parameter, value, dsb) in search order
+
+    def report(self):
+        return (f"DSB {self.start_dsb:.4f} -> {self.dsb:.4f} on the tuning images; "
+                + ", ".join(f"{k}={v:g}" for k, v in self.params.to_dict().items()))
+
+
+def cache_image(bundle, name, image, truth, device, min_confidence, diameter=None):
+    """Run the networks once on ``image`` (any 2D image) for tuning."""
+    norm = normalize_image(image)
+    if diameter is None:
+        diameter = _preseg_estimate(bundle.preseg, norm, device, 0.5).median_diameter
+    scale, _ = choose_scale(float(diameter), bundle.working_diameter, norm.shape[:2])
+    dets = detect(bundle.main, norm, scale, device, min_score=min_confidence)
+    labels, scores, _ = dets.to_labels(min_confidence)
+    prob = foreground_probability(bundle.unet, norm, scale, device) \
+        if bundle.unet is not None else None
+    return CachedImage(name, labels, scores, prob, scale, np.asarray(truth))
+
+
+def evaluate_params(cached, params):
+    """Mean DSB score of the cached images post-processed with ``params``."""
+    scores = []
+    for c in cached:
+        lut = np.arange(len(c.scores) + 1)
+        lut[1:][c.scores < params.confidence] = 0
+        labels, kept = apply_lut(c.labels, c.scores, lut)
+        labels, kept = refine(labels, kept, c.scale, params, c.prob)
+        scores.append(score_image(c.truth, labels).dsb)
+    return float(np.mean(scores))
+
+
+def search(cached, start, rounds=2, grid=None, progress=None):
+    """Coordinate descent from ``start`` (PostprocessParams) over ``grid``; returns a
+    TuneResult. Without U-Net probabilities, p3..p6 are left as they are."""
+    grid = grid or GRID
+    has_unet = all(c.prob is not None for c in cached)
+    names = [k for k in grid if has_unet or k not in ("p3", "p4", "p5", "p6")]
+    best = start.to_dict()
+    best_dsb = start_dsb = evaluate_params(cached, start)
+    history = [("start", None, start_dsb)]
+    total, done = rounds * sum(len(grid[k]) for k in names), 0
+    for _ in range(rounds):
+        improved = False
+        for name in names:
+            for value in grid[name]:
+                done += 1
+                if progress:
+                    progress(done, total, {"dsb": best_dsb})
+                if np.isclose(value, best[name]):
+                    continue
+                trial = dict(best, **{name: value})
+                dsb = evaluate_params(cached, PostprocessParams.from_dict(trial))
+                history.append((name, value, dsb))
+                if dsb > best_dsb + 1e-4:
+                    best, best_dsb, improved = trial, dsb, True
+        if not improved:
+            break
+    return TuneResult(PostprocessParams.from_dict(best), best_dsb, start_dsb, history)
+
+
+def tune(pairs, model=None, device="auto", diameters=None, rounds=2, progress=None):
+    """Tune the post-processing of ``model`` on ``pairs`` [(name, image, true labels)].
+
+    diameters: optional {name: nucleus diameter px}; otherwise sizes are estimated, as when
+    segmenting. Returns a TuneResult (parameters start from the model's current ones)."""
+    if not pairs:
+        raise NucleaizerError("no annotated images to tune on")
+    device = resolve_device(device)
+    bundle = load_model(model, device)
+    start = postprocess_params(bundle)
+    low = min(min(GRID["confidence"]), start.confidence)
+    cached = []
+    for i, (name, image, truth) in enumerate(pairs):
+        cached.append(cache_image(bundle, name, image, truth, device, low,
+                                  (diameters or {}).get(name)))
+        if progress:
+            progress(i + 1, len(pairs), {"stage": "networks"})
+    return search(cached, start, rounds, progress=progress and (
+        lambda d, t, info: progress(d, t, dict(info, stage="search"))))
+
+
+def write_tuned_model(result, model, out=None, tuned_on=""):
+    """Store tuned parameters in a model folder's model.json ("postprocess"). The shipped
+    default model is never changed: with ``out`` the model folder is copied there first."""
+    import json
+    import shutil
+
+    from .models.io import DEFAULT_MODEL_DIR, INFO_FILE, resolve_model_path
+
+    src = resolve_model_path(model)
+    if src.is_file():
+        raise NucleaizerError(f"{src}: tuning needs a model folder, not a network file")
+    dst = Path(out).expanduser().resolve() if out else src
+    if dst == DEFAULT_MODEL_DIR.resolve():
+        raise NucleaizerError("the shipped default model is not changed by tuning: give --out "
+                              "(a new model folder) or --model (a folder of your own)")
+    if dst != src:
+        if dst.exists() and any(dst.iterdir()):
+            raise NucleaizerError(f"{dst} exists and is not empty")
+        shutil.copytree(src, dst, dirs_exist_ok=True)
+    info_file = dst / INFO_FILE
+    info = json.loads(info_file.read_text()) if info_file.is_file() else {}
+    post = dict(info.get("postprocess") or {})
+    post.update(result.params.to_dict())
+    info["postprocess"] = post
+    info["tuning"] = {"tuned_on": tuned_on, "dsb_before": result.start_dsb,
+                      "dsb_after": result.dsb, "evaluations": len(result.history)}
+    info_file.write_text(json.dumps(info, indent=1))
+    return dst
