@@ -28,13 +28,18 @@ _META_KEY = "nucleaizer"
 
 
 def build_network(kind, architecture=None):
-    """A network with random weights: Mask R-CNN for ``kind`` main/preseg, U-Net for unet."""
+    """A network with random weights: Mask R-CNN for ``kind`` main/preseg, the refinement
+    U-Net for unet, a style generator (plain U-Net) for pix2pix."""
     architecture = architecture or {}
     if kind in ("main", "preseg"):
         return build_maskrcnn(MaskRCNNConfig.from_dict(architecture))
     if kind == "unet":
         return build_unet(UNetConfig.from_dict(architecture))
-    raise ValueError(f"unknown network kind {kind!r} (main, preseg or unet)")
+    if kind == "pix2pix":
+        from .unet import UNet
+
+        return UNet(UNetConfig.from_dict(architecture))
+    raise ValueError(f"unknown network kind {kind!r} (main, preseg, unet or pix2pix)")
 
 
 def save_network(model, path, meta):
@@ -83,6 +88,14 @@ def load_network(path, device="cpu"):
         raise ModelFileError(f"{path}: weights do not fit their architecture ({e})") from None
     model = model.to(device).to(memory_format=torch.channels_last).eval()
     return model, meta
+
+
+def load_network_of_kind(path, kind, device="cpu"):
+    """``load_network``, refusing a file whose metadata says it is not a ``kind`` network."""
+    meta = read_network_meta(path)
+    if meta.get("kind") != kind:
+        raise ModelFileError(f"{path}: not a {kind} network (kind {meta.get('kind')!r})")
+    return load_network(path, device)
 
 
 @dataclass

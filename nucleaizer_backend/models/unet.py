@@ -23,7 +23,9 @@ class UNetConfig:
     base_channels: width of the first level (doubled at each level below, up to
     ``max_channels``); depth: number of 2x downsamplings; norm: "batch", "instance" or "none";
     dropout: dropout probability in the decoder's deepest levels (pix2pix uses it as noise);
-    out_activation: "none" (logits) or "tanh" (images in [-1, 1]).
+    out_activation: "none" (logits) or "tanh" (images in [-1, 1]); upsample: "transpose"
+    (learned 2x2 transposed convolution) or "bilinear" (bilinear 2x then the convolutions:
+    no checkerboard artefacts in generated images).
     """
 
     in_channels: int = 3
@@ -34,6 +36,7 @@ class UNetConfig:
     norm: str = "batch"
     dropout: float = 0.0
     out_activation: str = "none"
+    upsample: str = "transpose"
     image_mean: float = 0.5  # input normalisation for images in [0, 1]
     image_std: float = 0.25
 
@@ -72,9 +75,14 @@ class DoubleConv(nn.Sequential):
 class Up(nn.Module):
     """2x upsampling, concatenation with the skip connection, DoubleConv."""
 
-    def __init__(self, cin, cskip, cout, norm, dropout):
+    def __init__(self, cin, cskip, cout, norm, dropout, upsample="transpose"):
         super().__init__()
-        self.up = nn.ConvTranspose2d(cin, cin, 2, stride=2)
+        if upsample == "transpose":
+            self.up = nn.ConvTranspose2d(cin, cin, 2, stride=2)
+        elif upsample == "bilinear":
+            self.up = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
+        else:
+            raise ValueError(f"unknown upsampling {upsample!r} (transpose or bilinear)")
         self.conv = DoubleConv(cin + cskip, cout, norm)
         self.drop = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
 
@@ -93,7 +101,8 @@ class UNet(nn.Module):
         self.down = nn.ModuleList(DoubleConv(w[i], w[i + 1], cfg.norm) for i in range(cfg.depth))
         # dropout only in the two deepest decoder levels (as pix2pix's generator does)
         self.up = nn.ModuleList(
-            Up(w[i + 1], w[i], w[i], cfg.norm, cfg.dropout if i >= cfg.depth - 2 else 0.0)
+            Up(w[i + 1], w[i], w[i], cfg.norm, cfg.dropout if i >= cfg.depth - 2 else 0.0,
+               cfg.upsample)
             for i in reversed(range(cfg.depth))
         )
         self.head = nn.Conv2d(w[0], cfg.out_channels, 1)
