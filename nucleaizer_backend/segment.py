@@ -12,7 +12,7 @@ from .errors import InputImageError
 from .models.io import load_model
 from .preprocess import normalize_image
 from .refine import PostprocessParams, foreground_probability, refine as refine_labels
-from .size import SizeEstimate, find_nuclei
+from .size import SIZE_CONFIDENCE, SizeEstimate, find_nuclei
 from .tta import segment_with_tta
 
 SCALE_RANGE = (0.05, 10.0)  # working / original; outside it the scale is clamped
@@ -81,7 +81,8 @@ def _preseg_estimate(network, norm, device, confidence, keep_labels=False):
     return estimate
 
 
-def estimate_size(image, model=None, device="auto", confidence=0.5, return_labels=False):
+def estimate_size(image, model=None, device="auto", confidence=SIZE_CONFIDENCE,
+                  return_labels=False):
     """Typical nucleus size of a 2D image (any dtype, gray or colour) as a SizeEstimate;
     with ``return_labels`` its ``labels`` hold preseg's nuclei (input geometry)."""
     device = resolve_device(device)
@@ -132,7 +133,7 @@ def segment_image(image, model=None, diameter=None, device="auto", confidence=No
         raise InputImageError(f"mask of shape {np.shape(mask)} does not match image {shape}")
     estimate = None
     if diameter is None:
-        estimate = _preseg_estimate(bundle.preseg, norm, device, params.confidence)
+        estimate = _preseg_estimate(bundle.preseg, norm, device, SIZE_CONFIDENCE)
         diameter = estimate.median_diameter
     if not diameter > 0:
         raise InputImageError(f"nucleus diameter must be positive (got {diameter})")

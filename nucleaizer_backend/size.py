@@ -14,6 +14,8 @@ from .detect import detect
 from .labels import equivalent_diameters
 
 DEFAULT_DIAMETER = 20.0  # px; used (and flagged) when too few nuclei are found
+SIZE_CONFIDENCE = 0.5  # preseg detections measured for the size (independent of the main
+# network's tuned detection confidence)
 MIN_NUCLEI = 5
 REFINE_DIAMETER = 32.0
 COMFORT_RANGE = (18.0, 70.0)  # px at the scale preseg ran at
@@ -62,7 +64,7 @@ def nuclei_at_scale(network, image, scale, device, confidence):
     return labels, equivalent_diameters(labels)
 
 
-def find_nuclei(network, image, device, confidence=0.5):
+def find_nuclei(network, image, device, confidence=SIZE_CONFIDENCE):
     """preseg's nuclei of a normalised (H, W, 3) image, found in up to two passes (see the
     module doc): (labels (H, W), diameters (px, original image))."""
     scale = 1.0
@@ -82,6 +84,6 @@ def find_nuclei(network, image, device, confidence=0.5):
     return labels, d
 
 
-def estimate_diameters(network, image, device, confidence=0.5):
+def estimate_diameters(network, image, device, confidence=SIZE_CONFIDENCE):
     """Diameters (px, original) of preseg's nuclei of a normalised (H, W, 3) image."""
     return find_nuclei(network, image, device, confidence)[1]

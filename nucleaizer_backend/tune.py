@@ -20,14 +20,15 @@ from .models.io import load_model
 from .preprocess import normalize_image
 from .refine import PostprocessParams, apply_lut, foreground_probability, refine
 from .segment import _preseg_estimate, choose_scale, postprocess_params
+from .size import SIZE_CONFIDENCE
 
 GRID = {
     "confidence": [0.3, 0.4, 0.5, 0.6, 0.7, 0.8],
     "p1": [0.1, 0.17, 0.25, 0.35, 0.5, 1.0],  # 1.0: never merge
     "p2": [0.0, 20.0, 44.0, 80.0, 150.0],
-    "p3": [0.3, 0.5, 0.7, 0.85, 0.9375],
-    "p4": [0.0, 1.0, 2.0],
-    "p5": [0.0, 1.0, 2.0],
+    "p3": [0.3, 0.5, 0.6, 0.7, 0.8, 0.9375],
+    "p4": [0.0, 1.0, 2.0, 4.0, 8.0],  # px at the working scale (>= 1 original px when > 0)
+    "p5": [0.0, 1.0, 2.0, 4.0, 8.0],
     "p6": [0.0, 0.3, 0.5, 0.65, 0.8],
 }
 
@@ -61,7 +62,7 @@ def cache_image(bundle, name, image, truth, device, min_confidence, diameter=Non
     """Run the networks once on ``image`` (any 2D image) for tuning."""
     norm = normalize_image(image)
     if diameter is None:
-        diameter = _preseg_estimate(bundle.preseg, norm, device, 0.5).median_diameter
+        diameter = _preseg_estimate(bundle.preseg, norm, device, SIZE_CONFIDENCE).median_diameter
     scale, _ = choose_scale(float(diameter), bundle.working_diameter, norm.shape[:2])
     dets = detect(bundle.main, norm, scale, device, min_score=min_confidence)
     labels, scores, _ = dets.to_labels(min_confidence)

@@ -110,7 +110,12 @@ Technical notes
 The image is normalised between robust percentiles, rescaled so that nuclei are about
 40 pixels across, segmented by Mask R-CNN (in overlapping tiles for large images), and the
 detections are painted most-confident first into a label image of the input's size.
-Trained networks are loaded once per worker process and reused (per model file and device).
+Post-processing then follows the nucleAIzer paper: objects inside another are absorbed,
+fragments surrounded by a neighbour merged (p1), tiny objects removed (p2), outlines moved
+to follow a U-Net's nucleus probability (p3 threshold, p4/p5 margins) and objects the U-Net
+does not confirm removed (p6). Optional test-time augmentation segments flipped and rotated
+copies and keeps the majority. Trained networks are loaded once per worker process and
+reused (per model file and device).
 
 References
 ^^^^^^^^^^
@@ -123,6 +128,9 @@ References
    (`link <{doi}>`__)
 -  He K, Gkioxari G, Dollar P, Girshick R (2017) "Mask R-CNN." *ICCV*, 2961-2969.
    (`link <https://doi.org/10.1109/ICCV.2017.322>`__)
+-  Ronneberger O, Fischer P, Brox T (2015) "U-Net: Convolutional networks for biomedical
+   image segmentation." *MICCAI*, 234-241.
+   (`link <https://doi.org/10.1007/978-3-319-24574-4_28>`__)
 """.format(
     doi=NUCLEAIZER_DOI
 )
@@ -133,6 +141,16 @@ MODEL_CUSTOM = "Custom"
 SIZE_AUTOMATIC = "Automatic (per image)"
 SIZE_MEASUREMENT = "From an image measurement"
 SIZE_MANUAL = "Manual"
+
+REFINE_FULL = "Rules and U-Net contour refinement"
+REFINE_RULES = "Rules only"
+REFINE_NONE = "None"
+
+PARAMS_MODEL = "From the model"
+PARAMS_CUSTOM = "Custom"
+
+# the paper's post-processing parameters (nucleaizer_backend.refine.PostprocessParams)
+PAPER_PARAMS = {"p1": 0.17, "p2": 44.0, "p3": 0.9375, "p4": 1.0, "p5": 1.0, "p6": 0.8}
 
 C_NUCLEAIZER = "Nucleaizer"
 FTR_DIAMETER = "Diameter"
@@ -173,7 +191,7 @@ class SegmentNucleiStyleAdapted(ImageSegmentation):
 
     module_name = "SegmentNucleiStyleAdapted"
 
-    variable_revision_number = 1
+    variable_revision_number = 2
 
     doi = {
         "Please cite nucleAIzer when using SegmentNucleiStyleAdapted:": NUCLEAIZER_DOI,
@@ -205,7 +223,9 @@ Enter the name to give the nucleus objects produced by this module. Downstream m
    fluorescence and brightfield/H&E nuclei.
 -  *%(MODEL_CUSTOM)s:* A model folder (holding ``main.safetensors`` and optionally
    ``preseg.safetensors`` and ``model.json``) or a single ``.safetensors`` network file, for
-   example a model adapted to your experiment's image style by style adaptation training.
+   example a model adapted to your experiment's image style by **TrainStyleAdaptation**.
+   When a TrainStyleAdaptation module earlier in this pipeline adapts *before segmenting*
+   into this folder, the folder need not exist before the run.
 """
             % globals(),
         )
@@ -288,15 +308,127 @@ The typical diameter of a nucleus in pixels, e.g. measured on a few nuclei with 
 measuring tool of the image viewer.""",
         )
 
+        self.refinement = Choice(
+            "Post-processing",
+            [REFINE_FULL, REFINE_RULES, REFINE_NONE],
+            REFINE_FULL,
+            doc="""\
+How the network's nuclei are cleaned up (nucleAIzer's post-processing):
+
+-  *%(REFINE_FULL)s:* small objects lying inside another are absorbed by it, fragments
+   surrounded by a neighbour are merged into it, tiny objects are removed, then a U-Net's
+   per-pixel nucleus probability moves each outline by up to a pixel and removes objects
+   the U-Net does not confirm. The most accurate outlines; about 0.3-1 s more per image on
+   a CPU.
+-  *%(REFINE_RULES)s:* the clean-up rules without the U-Net.
+-  *%(REFINE_NONE)s:* the network's nuclei as they are (enough when only counting).
+
+See the project's BENCHMARKS.md for what each step is worth."""
+            % globals(),
+        )
+
+        self.tta = Binary(
+            "Use test-time augmentation?",
+            False,
+            doc="""\
+Select *Yes* to segment each image six times (as it is, flipped, rotated by 90, 180 and
+270 degrees) and keep the nuclei found in most versions, with outlines by pixel majority.
+Slightly more robust outlines at about six times the run time.""",
+        )
+
+        self.params_choice = Choice(
+            "Detection and post-processing parameters",
+            [PARAMS_MODEL, PARAMS_CUSTOM],
+            PARAMS_MODEL,
+            doc="""\
+*%(PARAMS_MODEL)s* uses the values stored with the model: the published nucleAIzer values,
+or those found for your images by ``nucleaizer tune`` (see the README). *%(PARAMS_CUSTOM)s*
+shows the detection confidence and the post-processing parameters p1 to p6 to set by hand
+(advanced)."""
+            % globals(),
+        )
+
         self.confidence = Float(
             "Detection confidence threshold",
             0.5,
             minval=0.0,
             maxval=1.0,
             doc="""\
+*(Used only with custom parameters)*
+
 Minimum network confidence (0 to 1) for a detection to become an object. Lower it to find
 faint or unusual nuclei (at the risk of false detections), raise it to keep only clear
 ones. 0.5 suits most images.""",
+        )
+
+        self.p1 = Float(
+            "Merge into a neighbour touching more than this fraction of the outline (p1)",
+            PAPER_PARAMS["p1"],
+            minval=0.0,
+            maxval=1.0,
+            doc="""\
+*(Used only with custom parameters and post-processing)*
+
+An object whose outline touches one larger neighbour along more than this fraction is
+merged into it (repairs nuclei split into pieces). 1 never merges.""",
+        )
+
+        self.p2 = Float(
+            "Minimum nucleus area at the working scale (p2, px²)",
+            PAPER_PARAMS["p2"],
+            minval=0.0,
+            doc="""\
+*(Used only with custom parameters and post-processing)*
+
+Objects smaller than this area are removed. The area is measured at the working scale,
+where nuclei are about 40 px across (a 40 px nucleus covers about 1250 px²), so the
+setting means the same at any image resolution.""",
+        )
+
+        self.p3 = Float(
+            "U-Net probability threshold (p3)",
+            PAPER_PARAMS["p3"],
+            minval=0.0,
+            maxval=1.0,
+            doc="""\
+*(Used only with custom parameters and U-Net refinement)*
+
+Near an outline, pixels with a U-Net nucleus probability at or above this value belong to
+the nucleus and pixels below it do not.""",
+        )
+
+        self.p4 = Float(
+            "Outline margin inwards (p4, px at the working scale)",
+            PAPER_PARAMS["p4"],
+            minval=0.0,
+            doc="""\
+*(Used only with custom parameters and U-Net refinement)*
+
+How far (px at the ~40 px working scale) an outline may move inwards to follow the U-Net.
+0 never shrinks objects.""",
+        )
+
+        self.p5 = Float(
+            "Outline margin outwards (p5, px at the working scale)",
+            PAPER_PARAMS["p5"],
+            minval=0.0,
+            doc="""\
+*(Used only with custom parameters and U-Net refinement)*
+
+How far (px at the ~40 px working scale) an outline may move outwards to follow the U-Net.
+0 never grows objects.""",
+        )
+
+        self.p6 = Float(
+            "Minimum mean U-Net probability of a nucleus (p6)",
+            PAPER_PARAMS["p6"],
+            minval=0.0,
+            maxval=1.0,
+            doc="""\
+*(Used only with custom parameters and U-Net refinement)*
+
+Objects whose mean U-Net nucleus probability is below this value are removed as false
+detections. 0 keeps all.""",
         )
 
         self.use_gpu = Binary(
@@ -385,6 +517,15 @@ Name of the nucleus probability image, for use by downstream modules.""",
             self.want_confidence,
             self.want_probability,
             self.probability_name,
+            self.refinement,
+            self.tta,
+            self.params_choice,
+            self.p1,
+            self.p2,
+            self.p3,
+            self.p4,
+            self.p5,
+            self.p6,
         ]
 
     def visible_settings(self):
@@ -396,7 +537,14 @@ Name of the nucleus probability image, for use by downstream modules.""",
             result += [self.size_measurement]
         elif self.size_choice == SIZE_MANUAL:
             result += [self.manual_diameter]
-        result += [self.confidence, self.use_gpu]
+        result += [self.refinement, self.tta, self.params_choice]
+        if self.params_choice == PARAMS_CUSTOM:
+            result += [self.confidence]
+            if self.refinement != REFINE_NONE:
+                result += [self.p1, self.p2]
+            if self.refinement == REFINE_FULL:
+                result += [self.p3, self.p4, self.p5, self.p6]
+        result += [self.use_gpu]
         if self.use_gpu:
             result += [self.gpu_memory_share]
         result += [self.use_mask]
@@ -413,7 +561,9 @@ Name of the nucleus probability image, for use by downstream modules.""",
     def upgrade_settings(self, setting_values, variable_revision_number, module_name):
         """Bring settings saved by an older version of this module to the current layout.
 
-        Revision 1 is the first released layout. When settings are added or changed, bump
+        Revision 1 is the first released layout. Revision 2 added post-processing, test-time
+        augmentation and the parameter choice (a revision-1 confidence other than 0.5 becomes
+        custom parameters with the paper's p1..p6). When settings are added or changed, bump
         ``variable_revision_number`` and add a step here that converts the old values."""
         if variable_revision_number > self.variable_revision_number:
             raise ValueError(
@@ -421,6 +571,13 @@ Name of the nucleus probability image, for use by downstream modules.""",
                 "revision %d; this version reads up to %d). Update the nucleAIzer plugins."
                 % (self.module_name, variable_revision_number, self.variable_revision_number)
             )
+        if variable_revision_number == 1:
+            confidence = float(setting_values[8])
+            custom = PARAMS_CUSTOM if abs(confidence - 0.5) > 1e-9 else PARAMS_MODEL
+            setting_values = list(setting_values) + [REFINE_FULL, "No", custom] + [
+                str(PAPER_PARAMS[k]) for k in ("p1", "p2", "p3", "p4", "p5", "p6")
+            ]
+            variable_revision_number = 2
         return setting_values, variable_revision_number
 
     def volumetric(self):
@@ -459,13 +616,32 @@ Name of the nucleus probability image, for use by downstream modules.""",
         try:
             check_model_path(self.model_path())
         except ModelFileError as e:
-            raise ValidationError("Cannot use the model: %s" % e, setting)
+            if not self._model_adapted_upstream(pipeline):
+                raise ValidationError("Cannot use the model: %s" % e, setting)
         if self.size_choice == SIZE_MANUAL and not self.manual_diameter.value > 0:
             raise ValidationError("The nucleus diameter must be positive", self.manual_diameter)
         if self.use_mask and self.mask_name.value == self.x_name.value:
             raise ValidationError(
                 "The mask image must not be the image being segmented", self.mask_name
             )
+
+    def _model_adapted_upstream(self, pipeline):
+        """True when an upstream TrainStyleAdaptation adapts before the group's first cycle
+        into this module's custom model folder (which need not exist before the run)."""
+        path = self.model_path()
+        if path is None:
+            return False
+        for module in pipeline.modules():
+            if module.module_num >= self.module_num:
+                break
+            if (
+                module.module_name == "TrainStyleAdaptation"
+                and module.adapts_first()
+                and os.path.normcase(os.path.abspath(module.model_folder()))
+                == os.path.normcase(os.path.abspath(path))
+            ):
+                return True
+        return False
 
     # ------------------------------------------------------------------ run
 
@@ -511,6 +687,14 @@ Name of the nucleus probability image, for use by downstream modules.""",
                 return None
             return value
         return None
+
+    def _parameters(self):
+        """Keyword arguments of segment_image for the detection/post-processing values:
+        none (the model's) unless custom values are chosen."""
+        if self.params_choice != PARAMS_CUSTOM:
+            return {}
+        values = {k: float(getattr(self, k).value) for k in PAPER_PARAMS}
+        return {"confidence": float(self.confidence.value), "postprocess": values}
 
     def _mask(self, workspace, image):
         mask = image.mask if image.has_mask else None
@@ -563,9 +747,12 @@ Name of the nucleus probability image, for use by downstream modules.""",
                 model=self.model_path(),
                 diameter=diameter,
                 device=self.device(),
-                confidence=float(self.confidence.value),
                 mask=self._mask(workspace, image),
                 return_probability=bool(self.want_probability.value),
+                refine=self.refinement != REFINE_NONE,
+                use_unet=self.refinement == REFINE_FULL,
+                tta=bool(self.tta.value),
+                **self._parameters()
             )
         except backend.NucleaizerError as e:
             raise type(e)("%s on image %r: %s" % (self.module_name, x_name, e)) from e

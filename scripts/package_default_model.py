@@ -2,7 +2,7 @@
 
     python scripts/package_default_model.py [--main runs/main-s1/best.safetensors] \
         [--preseg runs/preseg-s1/best.safetensors] [--unet runs/unet-s1/best.safetensors] \
-        [--postprocess '{"p2": 44}'] [--out nucleaizer_backend/weights/default]
+        [--postprocess-from runs/tuned-default/model.json] [--out nucleaizer_backend/weights/default]
 
 Copies the network files given (already fp16 safetensors with their metadata; a network not
 given keeps its current file and record), writes model.json (what the model is, what it was
@@ -56,8 +56,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     for kind in NETWORKS:
         ap.add_argument(f"--{kind}", help=f"{kind} network file (default: keep the current one)")
-    ap.add_argument("--postprocess", help="JSON of post-processing values to store "
-                    "(default: keep the current ones, else the paper's)")
+    ap.add_argument("--postprocess-from", help="model.json written by `nucleaizer tune` whose "
+                    "post-processing values (and tuning record) to store (default: keep the "
+                    "current ones, else the paper's)")
     ap.add_argument("--out", default=str(DEFAULT_MODEL_DIR))
     ap.add_argument("--note", help="free text kept in model.json")
     ap.add_argument("--docs", default=str(ROOT / "docs" / "training"),
@@ -92,8 +93,10 @@ def main():
         elif not (out / name).is_file():
             sys.exit(f"no {kind} network: give --{kind}")
     info["trained_nucleus_diameter_px"] = info["main"]["meta"].get("diameter")
-    post = json.loads(args.postprocess) if args.postprocess else old.get("postprocess", {})
-    info["postprocess"] = PostprocessParams.from_dict(post).to_dict()
+    source = json.loads(Path(args.postprocess_from).read_text()) if args.postprocess_from else old
+    info["postprocess"] = PostprocessParams.from_dict(source.get("postprocess", {})).to_dict()
+    if source.get("tuning"):
+        info["tuning"] = source["tuning"]
     info["note"] = args.note if args.note is not None else old.get("note", "")
     (out / INFO_FILE).write_text(json.dumps(info, indent=1))
     print(f"default model written to {out}")

@@ -26,5 +26,13 @@ stage runs/main-s1 4000 --kind main --lr 1.5e-3 --warmup 300 --val-every 1500 --
 stage runs/preseg-s1 1200 --kind preseg --init runs/main-s1/best.safetensors --lr 5e-4 \
   --warmup 100 --val-every 600 --threads "$T"
 
+# Refinement U-Net: foreground probability at the 40 px working scale, from random init.
+stage runs/unet-s1 2500 --kind unet --batch-size 4 --lr 1e-3 --val-every 500 --threads "$T"
+
 .venv/bin/python scripts/package_default_model.py \
-  --main runs/main-s1/best.safetensors --preseg runs/preseg-s1/best.safetensors
+  --main runs/main-s1/best.safetensors --preseg runs/preseg-s1/best.safetensors \
+  --unet runs/unet-s1/best.safetensors
+# Post-processing values (p1..p6, confidence): nucleaizer tune's search on the val split,
+# with 2-fold cross-validation for an honest estimate (BENCHMARKS.md, "Post-processing").
+.venv/bin/python bench/run_benchmarks.py --sections tuning
+.venv/bin/python scripts/package_default_model.py --postprocess-from bench/results/tuned_postprocess.json

@@ -376,10 +376,42 @@ def test_only_one_estimate_module_per_pipeline(cp):
         second.validate_module(pipeline)
 
 
+def test_revision_1_settings_are_upgraded(cp):
+    """A pipeline saved before post-processing existed keeps its behaviour where it can: a
+    non-default confidence becomes custom parameters (with the paper's p1..p6)."""
+    module = segment_module(cp)
+    current = [s.unicode_value for s in module.settings()]
+    rev1 = current[:16]
+    for confidence, choice in (("0.5", "From the model"), ("0.35", "Custom")):
+        rev1[8] = confidence
+        values, rev = module.upgrade_settings(list(rev1), 1, module.module_name)
+        assert rev == 2 and len(values) == len(current)
+        module.set_settings_from_values(values, rev, module.module_name)
+        assert module.params_choice.value == choice
+        assert module.confidence.value == float(confidence)
+        assert module.refinement.value == "Rules and U-Net contour refinement"
+        assert not module.tta.value
+        assert (module.p1.value, module.p2.value, module.p3.value) == (0.17, 44.0, 0.9375)
+        assert (module.p4.value, module.p5.value, module.p6.value) == (1.0, 1.0, 0.8)
+
+
+def test_parameter_settings_show_only_what_applies(cp):
+    module = segment_module(cp)
+    texts = lambda: [s.text for s in module.visible_settings()]  # noqa: E731
+    assert module.confidence.text not in texts() and module.p1.text not in texts()
+    module.params_choice.value = "Custom"
+    assert module.confidence.text in texts() and module.p6.text in texts()
+    module.refinement.value = "Rules only"
+    assert module.p1.text in texts() and module.p3.text not in texts()
+    module.refinement.value = "None"
+    assert module.confidence.text in texts() and module.p1.text not in texts()
+
+
 def test_newer_settings_revision_is_a_clear_error(cp):
     for module in (segment_module(cp), estimate_module(cp)):
         values = [s.unicode_value for s in module.settings()]
-        assert module.upgrade_settings(values, 1, module.module_name) == (values, 1)
+        rev = module.variable_revision_number
+        assert module.upgrade_settings(values, rev, module.module_name) == (values, rev)
         with pytest.raises(ValueError, match="newer version"):
             module.upgrade_settings(values, 99, module.module_name)
 
@@ -524,6 +556,12 @@ def test_cppipe_round_trip_of_both_modules(cp, tmp_path):
         want_confidence=False,
         want_probability=True,
         probability_name="NucProb",
+        refinement="Rules only",
+        tta=True,
+        params_choice="Custom",
+        p1=0.3,
+        p2=20.0,
+        p6=0.5,
     )
     seg.use_gpu.value = True
     est = estimate_module(
@@ -545,7 +583,7 @@ def test_cppipe_round_trip_of_both_modules(cp, tmp_path):
     pipeline.dump(buf)
     text = buf.getvalue()
     assert "SegmentNucleiStyleAdapted:[module_num:2|svn_version" in text
-    assert "variable_revision_number:1|" in text
+    assert "variable_revision_number:2|" in text
     path = tmp_path / "roundtrip.cppipe"
     path.write_text(text)
     loaded = cp.Pipeline()
@@ -558,25 +596,40 @@ def test_cppipe_round_trip_of_both_modules(cp, tmp_path):
     assert modules[0].is_aggregation_module() and not estimate_module(cp).is_aggregation_module()
 
 
-def test_example_pipelines_load_and_match_their_builder(cp):
+def test_example_pipelines_load_and_match_their_builder(cp, tmp_path):
     """The shipped .cppipe files load with the plugins and are what build_pipelines.py
     makes (so editing the script and re-running it is the way to change them)."""
+    import cellprofiler_core.preferences as prefs
+    from nucleaizer_backend.models.io import DEFAULT_MODEL_DIR
+
     sys.path.insert(0, str(PIPELINES))
     try:
         import build_pipelines
     finally:
         sys.path.remove(str(PIPELINES))
-    for name in build_pipelines.PIPELINES:
-        loaded = cp.Pipeline()
-        loaded.load(str(PIPELINES / f"{name}.cppipe"))
-        built = build_pipelines.build(name)
-        assert [m.module_name for m in loaded.modules()] == [m.module_name for m in built.modules()]
-        for a, b in zip(loaded.modules(), built.modules()):
-            assert _settings(a) == _settings(b), (name, a.module_name)
-        ours = [m for m in loaded.modules() if m.module_name in ("SegmentNucleiStyleAdapted", "EstimateNucleusSize")]
-        assert ours, name
-        for m in ours:
-            m.test_valid(loaded)
+    # segment_with_adapted_model reads the model that style_adaptation_train writes into
+    # the Default Output Folder: stand one in for it while validating
+    shutil.copytree(DEFAULT_MODEL_DIR, tmp_path / build_pipelines.ADAPTED_MODEL)
+    saved = prefs.get_default_output_directory()
+    prefs.set_default_output_directory(str(tmp_path))
+    try:
+        for name in build_pipelines.PIPELINES:
+            loaded = cp.Pipeline()
+            loaded.load(str(PIPELINES / f"{name}.cppipe"))
+            built = build_pipelines.build(name)
+            assert [m.module_name for m in loaded.modules()] == [m.module_name for m in built.modules()]
+            for a, b in zip(loaded.modules(), built.modules()):
+                assert _settings(a) == _settings(b), (name, a.module_name)
+            ours = [
+                m
+                for m in loaded.modules()
+                if m.module_name in ("SegmentNucleiStyleAdapted", "EstimateNucleusSize", "TrainStyleAdaptation")
+            ]
+            assert ours, name
+            for m in ours:
+                m.test_valid(loaded)
+    finally:
+        prefs.set_default_output_directory(saved)
 
 
 def test_prepare_to_create_batch_maps_the_model_path(cp):

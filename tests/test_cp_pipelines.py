@@ -27,13 +27,13 @@ CELLPROFILER = Path(sys.executable).parent / "cellprofiler"
 
 # Nuclei counts of the bundled examples must be within this fraction of the annotated counts
 # (the acceptance criterion). The shipped model meets it on the fluorescence examples
-# (28/29, 31/32, 57/58) but not yet on the two H&E ones (61 vs 49, 70 vs 98): those are an
-# expected failure until the model improves on H&E (see COUNT_XFAIL_STYLES).
+# (28/28, 29/32, 54/58) and on one of the two H&E ones (42 vs 49) but not yet on the other
+# (53 vs 98): an expected failure until the model improves on H&E (see COUNT_XFAIL_STYLES).
 COUNT_TOLERANCE = 0.15
 COUNT_XFAIL_STYLES = {"he"}
 # Accuracy floor on the bundled examples (mean DSB score of the label images written by the
-# pipeline, automatic size). The shipped model scores 0.511; the floor catches regressions.
-MIN_MEAN_DSB = 0.46
+# pipeline, automatic size). The shipped model scores 0.550; the floor catches regressions.
+MIN_MEAN_DSB = 0.51
 
 
 def _env():
