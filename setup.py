@@ -6,7 +6,8 @@ setup(
     description="nucleAIzer nucleus segmentation (Mask R-CNN at a uniform nucleus size, "
     "U-Net refinement, style adaptation) for CellProfiler and the command line",
     packages=find_packages(include=["nucleaizer_backend", "nucleaizer_backend.*"]),
-    package_data={"nucleaizer_backend": ["weights/*/*", "weights/*.npz"]},
+    package_data={"nucleaizer_backend": ["weights/*/*", "weights/*.npz",
+                                         "weights/replay/*/*"]},
     python_requires=">=3.8",
     install_requires=[
         "numpy>=1.20",

@@ -2,10 +2,13 @@
 
 Public API::
 
-    from nucleaizer_backend import segment, segment_image, estimate_size, load_model, evaluate
+    from nucleaizer_backend import (segment, segment_image, estimate_size, load_model, evaluate,
+                                    adapt, AdaptConfig)
     labels = segment(image)                 # (H, W) uint16/uint32, 0 = background
     est = estimate_size(image)              # SizeEstimate: median_diameter (px), spread, ...
     result = segment_image(image, diameter=18.0, device="cpu")   # SegmentationResult
+    res = adapt(["new_experiment/"], "adapted_model", config=AdaptConfig(preset="quick"))
+    labels = segment(image, model="adapted_model")   # with the style-adapted model
 
 No CellProfiler import lives in this package.
 """
@@ -14,8 +17,9 @@ from .errors import InputImageError, ModelFileError, NucleaizerError
 from .models.io import load_model
 from .segment import SegmentationResult, estimate_size, segment, segment_image
 from .size import SizeEstimate
+from .style.adapt import AdaptConfig, AdaptResult, adapt
 
 __version__ = "0.1.0"
-__all__ = ["segment", "segment_image", "estimate_size", "load_model", "evaluate",
-           "SegmentationResult", "SizeEstimate", "NucleaizerError", "InputImageError",
-           "ModelFileError"]
+__all__ = ["segment", "segment_image", "estimate_size", "load_model", "evaluate", "adapt",
+           "AdaptConfig", "AdaptResult", "SegmentationResult", "SizeEstimate",
+           "NucleaizerError", "InputImageError", "ModelFileError"]

@@ -1,4 +1,4 @@
-"""The ``nucleaizer`` command: segment, estimate-size, train, tune, evaluate.
+"""The ``nucleaizer`` command: segment, estimate-size, train, adapt, tune, evaluate.
 
 User mistakes (unreadable image, 3D stack, missing model) print one line and set the exit
 status; one bad image in a folder does not stop the others.
@@ -117,6 +117,57 @@ def cmd_train(args):
         raise NucleaizerError(str(e)) from None
     bar.close()
     print(f"training finished: {run} (best.safetensors, log.jsonl, curve.png)")
+    return 0
+
+
+def _annotation_files(folder):
+    """{image name: label file} of a folder of label images (or DIR/labels), names without
+    a suffix such as _mask / _labels."""
+    from .imageio_utils import list_images
+    from .train.data import _strip_label_suffix
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise NucleaizerError(f"{folder}: annotations folder not found")
+    if (folder / "labels").is_dir():
+        folder = folder / "labels"
+    return {_strip_label_suffix(p.stem): p for p in list_images([folder])}
+
+
+def cmd_adapt(args):
+    from .style.adapt import AdaptConfig, adapt
+
+    cfg = AdaptConfig(base_model=args.model, preset=args.preset,
+                      min_cluster_size=args.min_cluster_size, max_clusters=args.max_clusters,
+                      synthetic_per_cluster=args.synthetic_per_cluster,
+                      synthetic_share=args.synthetic_share, finetune_steps=args.steps,
+                      replay_data=args.replay_data,
+                      replay_styles=args.replay_styles.split(",") if args.replay_styles else None,
+                      seed=args.seed, threads=args.threads, device=args.device)
+    annotations = _annotation_files(args.annotations) if args.annotations else None
+    bar = _progress_bar(1, "adapt")
+    state = {"stage": None}
+
+    def progress(stage, done, total, info):
+        if stage != state["stage"]:
+            state["stage"] = stage
+            bar.reset(total=total)
+            bar.set_description(f"adapt: {stage}")
+            bar.unit = "step" if stage in ("styles", "finetune") else "it"
+        bar.n = done
+        if "loss" in info:
+            bar.set_postfix(loss=f"{info['loss']:.3f}", refresh=False)
+        elif "style" in info:
+            bar.set_postfix(style=info["style"], refresh=False)
+        if done == total or done % 10 == 0 or stage in ("masks", "cluster", "package"):
+            bar.refresh()
+
+    result = adapt(args.inputs, args.out, annotations=annotations, config=cfg,
+                   progress=progress)
+    bar.close()
+    print("\n".join(result.report()))
+    print(f"adapted model in {result.model_dir} (model.json, style_sheet.png, "
+          f"training_curve.png, adapt_log.jsonl); use it with --model {result.model_dir}")
     return 0
 
 
@@ -278,6 +329,37 @@ def build_parser():
                    help="fraction of training crops taken from --synthetic (0.1-0.5)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out")
     t.set_defaults(func=cmd_train)
+
+    a = sub.add_parser("adapt", help="adapt a model to the style of new, unannotated images "
+                       "(style adaptation; resumable: re-run the same command to continue)")
+    a.add_argument("inputs", nargs="+", help="target image files or folders")
+    a.add_argument("--out", required=True, help="folder of the adapted model (its work/ "
+                   "subfolder holds intermediate results)")
+    a.add_argument("--annotations", help="folder of label images named like some of the target "
+                   "images: used as their masks instead of preseg's (GTstyle)")
+    a.add_argument("--preset", choices=["quick", "full"], default="quick",
+                   help="quick: about 25 min for 20 images on a 2-core CPU; full: paper-like "
+                   "(hours; GPU recommended)")
+    a.add_argument("--synthetic-per-cluster", type=int, default=20,
+                   help="synthetic image/mask pairs per style")
+    a.add_argument("--synthetic-share", type=float, default=0.3,
+                   help="fraction of fine-tune crops from synthetic images (0.1-0.5)")
+    a.add_argument("--steps", type=int, help="fine-tune steps (default: the preset's, "
+                   "quick 400, full 3000)")
+    a.add_argument("--min-cluster-size", type=int, default=3,
+                   help="fewest images a style model learns from")
+    a.add_argument("--max-clusters", type=int,
+                   help="most styles (default: the preset's, quick 4, full 100)")
+    a.add_argument("--replay-data", help="folder of annotated image + label pairs mixed into "
+                   "the fine-tune (default: the replay set shipped with the package)")
+    a.add_argument("--replay-styles", help="use only these styles of --replay-data (comma-"
+                   "separated, from its index.csv), e.g. fluo")
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--threads", type=int, help="CPU threads for torch")
+    a.add_argument("--model", help="base model folder or main .safetensors file "
+                   "(default: shipped)")
+    a.add_argument("--device", default="auto", help="auto (GPU when present), cpu or cuda")
+    a.set_defaults(func=cmd_adapt)
 
     u = sub.add_parser("tune", help="tune post-processing (p1..p6, confidence) on annotated "
                        "images; writes them into a model folder's model.json")
