@@ -236,10 +236,121 @@ def measured_size_drives_segmentation():
     return mods
 
 
+# Style adaptation writes (and the segmentation pipelines read) this model folder in the
+# Default Output Folder: run the two pipelines of workflow (a) with the same -o.
+ADAPTED_MODEL = "adapted_model"
+
+
+def style_adaptation_train():
+    """Workflow (a), step 1: adapt the shipped model to all images of the run (quick preset)
+    at the end of the group; writes Default Output Folder/adapted_model."""
+    mods = input_modules()
+    mods.append(
+        module(
+            "TrainStyleAdaptation",
+            image_name="Original",
+            output_directory="Default Output Folder|",
+            output_name=ADAPTED_MODEL,
+            when="At the end of the group",
+            preset="Quick",
+            use_gpu=True,
+        )
+    )
+    # Image.csv and Experiment.csv (what the adaptation did) in OUT/style_adaptation/, apart
+    # from the tables of the segmentation pipeline that is run with the same -o.
+    mods.append(export("Experiment", directory="Default Output Folder sub-folder|style_adaptation"))
+    return mods
+
+
+def segment_with_adapted_model():
+    """Workflow (a), step 2: segment with the model written by style_adaptation_train
+    (Default Output Folder/adapted_model) and measure, as segment_and_measure does."""
+    mods = input_modules()
+    mods.append(
+        module(
+            "SegmentNucleiStyleAdapted",
+            x_name="Original",
+            y_name="Nuclei",
+            model_choice="Custom",
+            model_directory="Default Output Folder|",
+            model_name=ADAPTED_MODEL,
+            size_choice="Automatic (per image)",
+        )
+    )
+    shape = module("MeasureObjectSizeShape", calculate_zernikes=False)
+    shape.objects_list.value = "Nuclei"
+    mods.append(shape)
+    mods += _label_images("Nuclei")
+    mods.append(export("Nuclei"))
+    return mods
+
+
+def adapt_then_segment():
+    """Workflow (b), one pipeline: adapt to the group's images before its first cycle, then
+    segment every image with the adapted model, measure, save label images, export."""
+    mods = input_modules()
+    mods.append(
+        module(
+            "TrainStyleAdaptation",
+            image_name="Original",
+            output_directory="Default Output Folder|",
+            output_name=ADAPTED_MODEL,
+            when="Before segmenting: on the group's images first",
+            preset="Quick",
+            use_gpu=True,
+        )
+    )
+    mods.append(
+        module(
+            "SegmentNucleiStyleAdapted",
+            x_name="Original",
+            y_name="Nuclei",
+            model_choice="Custom",
+            model_directory="Default Output Folder|",
+            model_name=ADAPTED_MODEL,
+            size_choice="Automatic (per image)",
+        )
+    )
+    shape = module("MeasureObjectSizeShape", calculate_zernikes=False)
+    shape.objects_list.value = "Nuclei"
+    mods.append(shape)
+    mods += _label_images("Nuclei")
+    mods.append(export("Nuclei", "Experiment"))
+    return mods
+
+
+def _label_images(objects_name):
+    """ConvertObjectsToImage + SaveImages: labels/<image>.tiff (16-bit label images)."""
+    return [
+        module(
+            "ConvertObjectsToImage",
+            object_name=objects_name,
+            image_name=objects_name + "Labels",
+            image_mode="uint16",
+        ),
+        module(
+            "SaveImages",
+            save_image_or_figure="Image",
+            image_name=objects_name + "Labels",
+            file_name_method="From image filename",
+            file_image_name="Original",
+            wants_file_name_suffix=False,
+            file_format="tiff",
+            bit_depth="16-bit integer",
+            tiff_compress=False,  # see segment_and_measure
+            pathname="Default Output Folder sub-folder|labels",
+            overwrite=True,
+        ),
+    ]
+
+
 PIPELINES = {
     "segment_and_measure": segment_and_measure,
     "size_estimation_qc": size_estimation_qc,
     "measured_size_drives_segmentation": measured_size_drives_segmentation,
+    "style_adaptation_train": style_adaptation_train,
+    "segment_with_adapted_model": segment_with_adapted_model,
+    "adapt_then_segment": adapt_then_segment,
 }
 
 
