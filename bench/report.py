@@ -80,6 +80,31 @@ def _tuning(tun):
     return out
 
 
+def _style_adaptation(res):
+    if not res:
+        return ["## Style adaptation (NOstyle / AUTOstyle / GTstyle)", "",
+                "Not measured yet: `.venv/bin/python bench/style_adaptation.py` (resumable; "
+                "about 4 hours on a 2-core CPU, minutes on a GPU) writes "
+                "bench/results/style_adaptation.json.", ""]
+    names = {"base": "base (fluorescence train images only)",
+             "nostyle": "NOstyle (base + the same fine-tune steps, fluorescence only)",
+             "autostyle": "**AUTOstyle** (adapted to unannotated H&E train images)",
+             "autostyle_transductive": "AUTOstyle, transductive (adapted to the H&E val images)",
+             "gtstyle": "GTstyle (H&E train annotations as style masks)",
+             "upper_bound": "upper bound (fine-tuned with annotated H&E train images)"}
+    out = ["## Style adaptation (NOstyle / AUTOstyle / GTstyle)", "", _meta_line(res), "",
+           "| model | DSB H&E val | DSB fluo val |", "|---|---|---|"]
+    for key, name in names.items():
+        sc = res["scores"].get(key)
+        if sc:
+            out.append(f"| {name} | {sc['dsb_he']:.3f} | {sc['dsb_fluo']:.3f} |")
+    out += ["", "Adaptation runs: " + "; ".join(
+        f"{k}: {v['images']} images, {v['styles']} styles, {v['synthetic']} synthetic pairs, "
+        f"{sum(v['seconds'].values()) / 60:.0f} min" for k, v in res["adaptations"].items()),
+        ""]
+    return out
+
+
 def _ablation(abl):
     if not abl:
         return []
@@ -141,6 +166,7 @@ def render(results, references):
         out.append("")
     out += _tuning(results.get("tuning"))
     out += _ablation(results.get("ablation"))
+    out += _style_adaptation(results.get("style_adaptation"))
     size = results.get("size")
     if size:
         p = size["ratio_percentiles"]

@@ -1,0 +1,182 @@
+"""The paper's NOstyle / AUTOstyle / GTstyle comparison on our data (issue 4), with H&E as
+the "new experiment" the base model has never seen.
+
+    .venv/bin/python bench/style_adaptation.py [--threads 2] [--tiny]
+
+Resumable: every stage writes into runs/style-bench/ and is skipped when done, so re-running
+the command continues (training stages resume from their checkpoints). Results go to
+bench/results/style_adaptation.json; bench/report.py renders them into BENCHMARKS.md.
+
+Models, all scored on the H&E and the fluorescence images of the val split (automatic size,
+shipped post-processing values):
+- base: Mask R-CNN trained with the shipped recipe on the fluorescence train images only;
+- NOstyle: the base fine-tuned for the same number of steps as the adapted models, on the
+  fluorescence train images only (so extra training alone is not mistaken for adaptation);
+- AUTOstyle: ``adapt`` on the unannotated H&E train images (preseg masks);
+- AUTOstyle, transductive: ``adapt`` on the unannotated H&E val images themselves (as the
+  paper did for its test set);
+- GTstyle: ``adapt`` on the H&E train images with their annotations as style masks;
+- upper bound: the base fine-tuned the same number of steps on fluorescence + annotated H&E
+  train images (H&E at the base recipe's 30% share).
+Every adaptation fine-tunes on the fluorescence train images as replay data (no real H&E).
+"""
+import argparse
+import csv
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+DATA = ROOT.parent / "shared" / "data" / "dsb2018"
+WORK = ROOT / "runs" / "style-bench"
+RESULTS = ROOT / "bench" / "results" / "style_adaptation.json"
+
+BASE_STEPS, FINETUNE_STEPS = 4000, 1000
+TINY = {"base_steps": 2, "finetune_steps": 2, "style_steps": 2, "images": 3, "val": 4,
+        "synthetic": 1}
+
+
+def rows(split, style=None):
+    with open(DATA / "index.csv") as f:
+        return [r for r in csv.DictReader(f)
+                if r["split"] == split and (style is None or r["style"] == style)]
+
+
+def image_path(r):
+    return DATA / r["split"] / "images" / f"{r['id']}.png"
+
+
+def label_path(r):
+    return DATA / r["split"] / "labels" / f"{r['id']}.tif"
+
+
+def train_stage(name, steps, threads, **kwargs):
+    """Train (or resume) runs/style-bench/<name>; returns its last.safetensors."""
+    from nucleaizer_backend.train.loop import TrainConfig, train
+
+    out = WORK / name
+    last = out / "last.safetensors"
+    done = out / "done.json"
+    if done.is_file():
+        return last
+    cfg = TrainConfig(data=str(DATA / "train"), out=str(out), kind="main", steps=steps,
+                      threads=threads, checkpoint_every=250, **kwargs)
+    t0 = time.time()
+    train(cfg, resume=(out / "checkpoint.pt").is_file())
+    done.write_text(json.dumps({"seconds_this_run": time.time() - t0}))
+    return last
+
+
+def model_folder(network, name):
+    """A model folder around a main network file (preseg/unet/post-processing: shipped)."""
+    from nucleaizer_backend.models.io import DEFAULT_MODEL_DIR, INFO_FILE, MAIN_FILE
+
+    folder = WORK / "models" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(network, folder / MAIN_FILE)
+    shutil.copyfile(DEFAULT_MODEL_DIR / INFO_FILE, folder / INFO_FILE)
+    return folder
+
+
+def adapt_stage(name, base_folder, images, annotations, threads, tiny):
+    from nucleaizer_backend.style.adapt import AdaptConfig, adapt
+
+    cfg = AdaptConfig(base_model=str(base_folder), preset="quick",
+                      finetune_steps=TINY["finetune_steps"] if tiny else FINETUNE_STEPS,
+                      style_steps=TINY["style_steps"] if tiny else None,
+                      synthetic_per_cluster=TINY["synthetic"] if tiny else 20,
+                      replay_data=str(DATA / "train"), replay_styles=["fluo"],
+                      threads=threads, device="cpu")
+    res = adapt(images, WORK / name, annotations=annotations, config=cfg)
+    return res
+
+
+def score(model, val_rows):
+    from nucleaizer_backend import segment_image
+    from nucleaizer_backend.evaluate import score_image
+    from nucleaizer_backend.imageio_utils import read_image
+    from nucleaizer_backend.train.data import read_labels
+
+    out = {}
+    for style in ("he", "fluo"):
+        sel = [r for r in val_rows if r["style"] == style]
+        out[f"dsb_{style}"] = float(np.mean([
+            score_image(read_labels(label_path(r)),
+                        segment_image(read_image(image_path(r)), model=model,
+                                      device="cpu").labels).dsb for r in sel]))
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--tiny", action="store_true", help="plumbing check with tiny settings "
+                    "(writes to runs/style-bench-tiny, no results file)")
+    args = ap.parse_args()
+    global WORK
+    if args.tiny:
+        WORK = WORK.with_name("style-bench-tiny")
+    WORK.mkdir(parents=True, exist_ok=True)
+    base_steps = TINY["base_steps"] if args.tiny else BASE_STEPS
+    ft_steps = TINY["finetune_steps"] if args.tiny else FINETUNE_STEPS
+    he_train, he_val = rows("train", "he"), rows("val", "he")
+    val = rows("val")
+    if args.tiny:
+        he_train, he_val = he_train[:TINY["images"]], he_val[:TINY["images"]]
+        val = he_val[:2] + rows("val", "fluo")[:2]
+    timings = {}
+
+    t0 = time.time()
+    base = train_stage("base", base_steps, args.threads, styles=["fluo"], lr=1.5e-3,
+                       warmup=min(300, base_steps), val=str(DATA / "val"),
+                       val_every=1000, val_limit=TINY["val"] if args.tiny else None)
+    base_folder = model_folder(base, "base")
+    timings["base"] = time.time() - t0
+    finetune = dict(init=str(base), lr=5e-4, warmup=min(20, ft_steps))
+    nostyle = model_folder(train_stage("nostyle", ft_steps, args.threads, styles=["fluo"],
+                                       **finetune), "nostyle")
+    upper = model_folder(train_stage("upper_bound", ft_steps, args.threads, **finetune),
+                         "upper_bound")
+    adapted = {}
+    for name, images, annotations in (
+            ("autostyle", [image_path(r) for r in he_train], None),
+            ("autostyle_transductive", [image_path(r) for r in he_val], None),
+            ("gtstyle", [image_path(r) for r in he_train],
+             {r["id"]: str(label_path(r)) for r in he_train})):
+        t0 = time.time()
+        res = adapt_stage(name, base_folder, images, annotations, args.threads, args.tiny)
+        adapted[name] = {"folder": res.model_dir, "seconds": res.seconds,
+                         "styles": res.n_clusters, "synthetic": res.synthetic_count,
+                         "images": res.n_images}
+        timings[name] = time.time() - t0
+
+    models = {"base": base_folder, "nostyle": nostyle, "autostyle": WORK / "autostyle",
+              "autostyle_transductive": WORK / "autostyle_transductive",
+              "gtstyle": WORK / "gtstyle", "upper_bound": upper}
+    scores = {name: score(folder, val) for name, folder in models.items()}
+    for name, s in scores.items():
+        print(f"{name}: H&E val DSB {s['dsb_he']:.3f}, fluo val DSB {s['dsb_fluo']:.3f}")
+    if args.tiny:
+        return
+    from bench.run_benchmarks import machine
+
+    RESULTS.write_text(json.dumps({
+        "scores": scores, "adaptations": {k: {kk: (str(vv) if kk == "folder" else vv)
+                                              for kk, vv in v.items()}
+                                          for k, v in adapted.items()},
+        "settings": {"base_steps": base_steps, "finetune_steps": ft_steps,
+                     "preset": "quick", "replay": "DSB train, fluorescence only"},
+        "_meta": {"machine": machine(), "measured": time.strftime("%Y-%m-%d %H:%M UTC",
+                                                                  time.gmtime()),
+                  "command": "python bench/style_adaptation.py", "wall_s_this_run": timings,
+                  "model": "see settings"}}, indent=1, default=str))
+    print(f"written {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
