@@ -2,10 +2,17 @@
 the "new experiment" the base model has never seen.
 
     .venv/bin/python bench/style_adaptation.py [--threads 2] [--tiny]
+    .venv/bin/python bench/style_adaptation.py --export-base   # before a session ends
 
 Resumable: every stage writes into runs/style-bench/ and is skipped when done, so re-running
 the command continues (training stages resume from their checkpoints). Results go to
 bench/results/style_adaptation.json; bench/report.py renders them into BENCHMARKS.md.
+
+runs/ does not outlive a session on the project's machines, so the base network (the longest
+stage) can be carried over: ``--export-base`` writes the base run's latest checkpoint as an
+fp16 network file to bench/models/style_base_fluo.safetensors (commit it), and a later run
+continues the base training from that file (fresh optimiser, short warm-up, the learning rate
+the cosine schedule had reached) for the remaining steps.
 
 Models, all scored on the H&E and the fluorescence images of the val split (automatic size,
 shipped post-processing values):
@@ -35,6 +42,8 @@ sys.path.insert(0, str(ROOT))
 DATA = ROOT.parent / "shared" / "data" / "dsb2018"
 WORK = ROOT / "runs" / "style-bench"
 RESULTS = ROOT / "bench" / "results" / "style_adaptation.json"
+CARRIED_BASE = ROOT / "bench" / "models" / "style_base_fluo.safetensors"
+BASE_LR, BASE_WARMUP = 1.5e-3, 300
 
 BASE_STEPS, FINETUNE_STEPS = 4000, 1000
 TINY = {"base_steps": 2, "finetune_steps": 2, "style_steps": 2, "images": 3, "val": 4,
@@ -70,6 +79,40 @@ def train_stage(name, steps, threads, **kwargs):
     train(cfg, resume=(out / "checkpoint.pt").is_file())
     done.write_text(json.dumps({"seconds_this_run": time.time() - t0}))
     return last
+
+
+def export_base():
+    """The base run's latest checkpoint -> CARRIED_BASE (fp16 network file with its step)."""
+    import torch
+
+    from nucleaizer_backend.models.io import build_network, save_network
+    from nucleaizer_backend.train.loop import TrainConfig, network_meta
+
+    run = WORK / "base"
+    state = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)
+    cfg = TrainConfig(**json.loads((run / "config.json").read_text()))
+    net = build_network("main", cfg.architecture)
+    net.load_state_dict(state["model"])
+    save_network(net, CARRIED_BASE, network_meta(cfg, int(state["step"]),
+                                                 {"styles": cfg.styles, "partial_of": cfg.steps}))
+    print(f"{CARRIED_BASE}: base at step {state['step']} of {cfg.steps}")
+
+
+def base_stage(base_steps, threads, tiny):
+    """The fluorescence-only base network: from scratch, or continued from CARRIED_BASE."""
+    import math
+
+    from nucleaizer_backend.models.io import read_network_meta
+
+    val = dict(val=str(DATA / "val"), val_every=1000, val_limit=TINY["val"] if tiny else None)
+    if not tiny and CARRIED_BASE.is_file() and not (WORK / "base" / "checkpoint.pt").is_file():
+        done = int(read_network_meta(CARRIED_BASE)["steps"])
+        t = min(1.0, (done - BASE_WARMUP) / (base_steps - BASE_WARMUP))
+        lr = BASE_LR * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t)))
+        return train_stage("base", base_steps - done, threads, styles=["fluo"], lr=lr,
+                           warmup=50, init=str(CARRIED_BASE), **val)
+    return train_stage("base", base_steps, threads, styles=["fluo"], lr=BASE_LR,
+                       warmup=min(BASE_WARMUP, base_steps), **val)
 
 
 def model_folder(network, name):
@@ -117,7 +160,11 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--tiny", action="store_true", help="plumbing check with tiny settings "
                     "(writes to runs/style-bench-tiny, no results file)")
+    ap.add_argument("--export-base", action="store_true", help="write the base run's latest "
+                    "checkpoint to bench/models/ (to carry it over to a later session)")
     args = ap.parse_args()
+    if args.export_base:
+        return export_base()
     global WORK
     if args.tiny:
         WORK = WORK.with_name("style-bench-tiny")
@@ -132,9 +179,7 @@ def main():
     timings = {}
 
     t0 = time.time()
-    base = train_stage("base", base_steps, args.threads, styles=["fluo"], lr=1.5e-3,
-                       warmup=min(300, base_steps), val=str(DATA / "val"),
-                       val_every=1000, val_limit=TINY["val"] if args.tiny else None)
+    base = base_stage(base_steps, args.threads, args.tiny)
     base_folder = model_folder(base, "base")
     timings["base"] = time.time() - t0
     finetune = dict(init=str(base), lr=5e-4, warmup=min(20, ft_steps))
