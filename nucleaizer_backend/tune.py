@@ -112,24 +112,27 @@ def search(cached, start, rounds=2, grid=None, progress=None):
     return TuneResult(PostprocessParams.from_dict(best), best_dsb, start_dsb, history)
 
 
-def tune(pairs, model=None, device="auto", diameters=None, rounds=2, progress=None):
+def tune(pairs, model=None, device="auto", diameters=None, rounds=2, progress=None,
+         grid=None):
     """Tune the post-processing of ``model`` on ``pairs`` [(name, image, true labels)].
 
     diameters: optional {name: nucleus diameter px}; otherwise sizes are estimated, as when
-    segmenting. Returns a TuneResult (parameters start from the model's current ones)."""
+    segmenting. grid: {parameter: values} to search (default GRID). Returns a TuneResult
+    (parameters start from the model's current ones)."""
+    grid = grid or GRID
     if not pairs:
         raise NucleaizerError("no annotated images to tune on")
     device = resolve_device(device)
     bundle = load_model(model, device)
     start = postprocess_params(bundle)
-    low = min(min(GRID["confidence"]), start.confidence)
+    low = min(min(grid.get("confidence", [start.confidence])), start.confidence)
     cached = []
     for i, (name, image, truth) in enumerate(pairs):
         cached.append(cache_image(bundle, name, image, truth, device, low,
                                   (diameters or {}).get(name)))
         if progress:
             progress(i + 1, len(pairs), {"stage": "networks"})
-    return search(cached, start, rounds, progress=progress and (
+    return search(cached, start, rounds, grid, progress=progress and (
         lambda d, t, info: progress(d, t, dict(info, stage="search"))))
 
 
@@ -139,7 +142,7 @@ def write_tuned_model(result, model, out=None, tuned_on=""):
     import json
     import shutil
 
-    from .models.io import DEFAULT_MODEL_DIR, INFO_FILE, resolve_model_path
+    from .models.io import DEFAULT_MODEL_DIR, INFO_FILE, read_model_info, resolve_model_path
 
     src = resolve_model_path(model)
     if src.is_file():
@@ -153,7 +156,7 @@ def write_tuned_model(result, model, out=None, tuned_on=""):
             raise NucleaizerError(f"{dst} exists and is not empty")
         shutil.copytree(src, dst, dirs_exist_ok=True)
     info_file = dst / INFO_FILE
-    info = json.loads(info_file.read_text()) if info_file.is_file() else {}
+    info = read_model_info(info_file)
     post = dict(info.get("postprocess") or {})
     post.update(result.params.to_dict())
     info["postprocess"] = post

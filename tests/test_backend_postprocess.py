@@ -13,7 +13,7 @@ from nucleaizer_backend.imageio_utils import read_image
 from nucleaizer_backend.models.io import DEFAULT_MODEL_DIR, UNET_FILE, load_model
 from nucleaizer_backend.refine import PostprocessParams
 from nucleaizer_backend.train.data import read_labels
-from nucleaizer_backend.tune import GRID, tune, write_tuned_model
+from nucleaizer_backend.tune import tune, write_tuned_model
 
 FLUO = "fluo_0e5edb072788"
 
@@ -115,18 +115,10 @@ def test_model_folder_parameters_are_used(tmp_path, fluo):
 def test_tune_improves_or_keeps_dsb_and_writes_model(tmp_path, fluo):
     img, truth, d = fluo
     grid = {"confidence": [0.5, 0.7], "p2": [0.0, 44.0, 400.0], "p6": [0.0, 0.8]}
-    import nucleaizer_backend.tune as tune_module
-
-    old = dict(GRID)
-    GRID.clear()
-    GRID.update(grid)
-    try:
-        result = tune([(FLUO, img, truth)], device="cpu", diameters={FLUO: d}, rounds=1)
-    finally:
-        GRID.clear()
-        GRID.update(old)
+    result = tune([(FLUO, img, truth)], device="cpu", diameters={FLUO: d}, rounds=1, grid=grid)
     assert result.dsb >= result.start_dsb
-    assert len(result.history) > 1 and tune_module.PostprocessParams is PostprocessParams
+    assert len(result.history) > 1
+    assert {name for name, _, _ in result.history[1:]} <= set(grid)  # only the grid given
     # the reported score is what segment_image gives with those values
     out = write_tuned_model(result, None, tmp_path / "mine", tuned_on="one image")
     res = segment_image(img, model=out, diameter=d, device="cpu")

@@ -152,6 +152,17 @@ def _network_file(folder, name):
     return DEFAULT_MODEL_DIR / name if (DEFAULT_MODEL_DIR / name).is_file() else None
 
 
+def read_model_info(info_file):
+    """The model description (model.json) as a dict; {} when the file does not exist."""
+    info_file = Path(info_file)
+    if not info_file.is_file():
+        return {}
+    try:
+        return json.loads(info_file.read_text())
+    except json.JSONDecodeError:
+        raise ModelFileError(f"{info_file}: corrupt model description") from None
+
+
 def _mtime(path):
     return path.stat().st_mtime_ns if path is not None and path.is_file() else None
 
@@ -170,12 +181,7 @@ def load_model(path=None, device="cpu"):
             main, main_meta = load_network(main_file, device)
             preseg, preseg_meta = load_network(preseg_file, device)
             unet, unet_meta = load_network(unet_file, device) if unet_file else (None, None)
-            info = {}
-            if info_file.is_file():
-                try:
-                    info = json.loads(info_file.read_text())
-                except json.JSONDecodeError:
-                    raise ModelFileError(f"{info_file}: corrupt model description") from None
+            info = read_model_info(info_file)
             _cache[key] = ModelBundle(p, main, preseg, main_meta, preseg_meta, info,
                                       unet, unet_meta)
         return _cache[key]

@@ -385,7 +385,8 @@ def _annotations(annotations, targets):
 
 def _base_model(base):
     """(model folder or None, main network file, its meta, model.json dict, display name)."""
-    from ..models.io import DEFAULT_MODEL_DIR, INFO_FILE, MAIN_FILE, read_network_meta
+    from ..models.io import (DEFAULT_MODEL_DIR, INFO_FILE, MAIN_FILE, read_model_info,
+                             read_network_meta)
 
     p = Path(base).expanduser().resolve() if base else DEFAULT_MODEL_DIR
     if not p.exists():
@@ -399,13 +400,7 @@ def _base_model(base):
     if meta.get("kind") != "main":
         raise ModelFileError(f"{main}: not a main network (kind {meta.get('kind')!r}); style "
                              "adaptation fine-tunes a main network")
-    info_file = (folder or p.parent) / INFO_FILE
-    info = {}
-    if info_file.is_file():
-        try:
-            info = json.loads(info_file.read_text())
-        except json.JSONDecodeError:
-            raise ModelFileError(f"{info_file}: corrupt model description") from None
+    info = read_model_info((folder or p.parent) / INFO_FILE)
     return folder, main, meta, info, info.get("name") or (folder or p).name
 
 

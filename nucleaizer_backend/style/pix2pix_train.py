@@ -172,21 +172,6 @@ def _gan_loss(logits, real):
     return F.binary_cross_entropy_with_logits(logits, target)
 
 
-def _save_checkpoint(run, nets, opts, step, rng):
-    state = {
-        "generator": nets[0].state_dict(),
-        "discriminator": nets[1].state_dict(),
-        "opt_g": opts[0].state_dict(),
-        "opt_d": opts[1].state_dict(),
-        "step": step,
-        "numpy_rng": json.dumps(rng.bit_generator.state),
-        "torch_rng": torch.get_rng_state(),
-    }
-    tmp = run.checkpoint.with_suffix(".tmp")
-    torch.save(state, tmp)
-    tmp.replace(run.checkpoint)
-
-
 def _generator_meta(cfg, p2p, step, n_pairs):
     return {
         "kind": "pix2pix",
@@ -233,14 +218,12 @@ def train_style_model(pairs, out_dir, cfg=None, resume=False, progress=None):
     opt_d = torch.optim.Adam(disc.parameters(), lr=lr0, betas=tuple(p2p.betas))
     step = 0
     if resuming:
-        state = torch.load(run.checkpoint, map_location=device, weights_only=True)
+        state = run.load_checkpoint(device, rng)
         gen.load_state_dict(state["generator"])
         disc.load_state_dict(state["discriminator"])
         opt_g.load_state_dict(state["opt_g"])
         opt_d.load_state_dict(state["opt_d"])
         step = int(state["step"])
-        rng.bit_generator.state = json.loads(state["numpy_rng"])
-        torch.set_rng_state(state["torch_rng"])
     p = sampling_probabilities(pairs, cfg.crop)
     run.append_log({"event": "start", "step": step, "pairs": len(pairs),
                     "device": str(device), "time": time.time()})
@@ -282,7 +265,9 @@ def train_style_model(pairs, out_dir, cfg=None, resume=False, progress=None):
             run.append_log(rec)
             t_last, window = now, []
         if step % cfg.checkpoint_every == 0 or last:
-            _save_checkpoint(run, (gen, disc), (opt_g, opt_d), step, rng)
+            run.save_checkpoint({"generator": gen.state_dict(), "discriminator": disc.state_dict(),
+                                 "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
+                                 "step": step}, rng)
             meta = _generator_meta(cfg, p2p, step, len(pairs))
             save_network(gen, run.dir / GENERATOR_FILE, meta)
             if not window:  # checkpoint time is not training time

@@ -214,19 +214,22 @@ class RunFolder:
             return []
         return [json.loads(line) for line in self.log.read_text().splitlines() if line.strip()]
 
+    def save_checkpoint(self, state, rng):
+        """Write ``state`` (tensors, state dicts, numbers) plus the numpy ``rng``'s and
+        torch's random states to checkpoint.pt, atomically."""
+        state = dict(state, numpy_rng=json.dumps(rng.bit_generator.state),
+                     torch_rng=torch.get_rng_state())
+        tmp = self.checkpoint.with_suffix(".tmp")
+        torch.save(state, tmp)
+        tmp.replace(self.checkpoint)
 
-def save_checkpoint(run, model, optimizer, step, rng, best):
-    state = {
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "step": step,
-        "best": best,
-        "numpy_rng": json.dumps(rng.bit_generator.state),
-        "torch_rng": torch.get_rng_state(),
-    }
-    tmp = run.checkpoint.with_suffix(".tmp")
-    torch.save(state, tmp)
-    tmp.replace(run.checkpoint)
+    def load_checkpoint(self, device, rng):
+        """The saved state (loaded with ``weights_only=True``: no code runs); restores the
+        numpy ``rng``'s and torch's random states."""
+        state = torch.load(self.checkpoint, map_location=device, weights_only=True)
+        rng.bit_generator.state = json.loads(state["numpy_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        return state
 
 
 def network_meta(cfg, step, extra=None):
@@ -273,12 +276,10 @@ def train(cfg, resume=False, progress=None):
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     step, best = 0, -1.0
     if resume and run.checkpoint.is_file():
-        state = torch.load(run.checkpoint, map_location=device, weights_only=True)
+        state = run.load_checkpoint(device, rng)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         step, best = int(state["step"]), float(state["best"])
-        rng.bit_generator.state = json.loads(state["numpy_rng"])
-        torch.set_rng_state(state["torch_rng"])
 
     train_items = training_items(cfg)
     synthetic_items = [it for it in load_dataset(cfg.synthetic) if np.isfinite(it.diameter)] \
@@ -330,7 +331,9 @@ def train(cfg, resume=False, progress=None):
                 save_network(model, run.dir / "best.safetensors", network_meta(cfg, step, result))
             t_last = time.time()
         if step % cfg.checkpoint_every == 0 or last:
-            save_checkpoint(run, model, optimizer, step, rng, best)
+            run.save_checkpoint({"model": model.state_dict(),
+                                 "optimizer": optimizer.state_dict(), "step": step,
+                                 "best": best}, rng)
             if not val_items:
                 save_network(model, run.dir / "last.safetensors", network_meta(cfg, step))
             plot_curve(run)
