@@ -144,23 +144,23 @@ def segment_image(image, model=None, diameter=None, device="auto", confidence=No
         labels, scores = np.zeros(shape, np.uint16), np.zeros(0, np.float32)
         prob = np.zeros(shape, np.float32) if return_probability else None
     else:
-        want_mask_prob = return_probability and not use_unet and not tta
+        # the probability returned: the U-Net's where there is one, else the masks'
+        unet_prob = bundle.unet is not None and (use_unet or return_probability)
+        mask_prob = return_probability and not unet_prob
 
-        def detect_labels(img):
+        def detect_labels(img, with_probability=False):
             dets = detect(bundle.main, img, scale, device, tile=tile_size,
                           min_score=params.confidence)
-            return dets.to_labels(params.confidence, with_probability=want_mask_prob)
+            return dets.to_labels(params.confidence, with_probability=with_probability)
 
         if tta:
             labels, scores = segment_with_tta(lambda img: detect_labels(img)[:2], norm)
+            if mask_prob:  # the identity version once more, for its mask probabilities
+                prob = detect_labels(norm, with_probability=True)[2]
         else:
-            labels, scores, prob = detect_labels(norm)
-        if use_unet or (return_probability and prob is None and bundle.unet is not None):
+            labels, scores, prob = detect_labels(norm, with_probability=mask_prob)
+        if unet_prob:
             prob = foreground_probability(bundle.unet, norm, scale, device)
-        elif return_probability and prob is None:  # TTA without any U-Net
-            prob = detect(bundle.main, norm, scale, device, tile=tile_size,
-                          min_score=params.confidence).to_labels(
-                params.confidence, with_probability=True)[2]
         if refine:
             labels, scores = refine_labels(labels, scores, scale, params,
                                            prob if use_unet else None)
