@@ -3,6 +3,8 @@ the "new experiment" the base model has never seen.
 
     .venv/bin/python bench/style_adaptation.py [--threads 2] [--tiny]
     .venv/bin/python bench/style_adaptation.py --export-base   # before a session ends
+    # two lanes on a 2-core machine (one thread each; then one last run writes the results):
+    .venv/bin/python bench/style_adaptation.py --threads 1 --only nostyle,autostyle,...
 
 Resumable: every stage writes into runs/style-bench/ and is skipped when done, so re-running
 the command continues (training stages resume from their checkpoints). Results go to
@@ -45,6 +47,8 @@ RESULTS = ROOT / "bench" / "results" / "style_adaptation.json"
 CARRIED_BASE = ROOT / "bench" / "models" / "style_base_fluo.safetensors"
 BASE_LR, BASE_WARMUP = 1.5e-3, 300
 
+STAGES = ("base", "nostyle", "autostyle", "gtstyle", "upper_bound", "autostyle_transductive",
+          "score")
 BASE_STEPS, FINETUNE_STEPS = 4000, 1000
 TINY = {"base_steps": 2, "finetune_steps": 2, "style_steps": 2, "images": 3, "val": 4,
         "synthetic": 1}
@@ -139,7 +143,12 @@ def adapt_stage(name, base_folder, images, annotations, threads, tiny):
     return res
 
 
-def score(model, val_rows):
+def score(name, model, val_rows, tiny):
+    """Mean DSB score of ``model`` on the H&E and the fluorescence rows of ``val_rows``,
+    cached in runs/style-bench/scores/<name>.json (so lanes and re-runs share it)."""
+    cache = WORK / "scores" / f"{name}.json"
+    if cache.is_file():
+        return json.loads(cache.read_text())
     from nucleaizer_backend import segment_image
     from nucleaizer_backend.evaluate import score_image
     from nucleaizer_backend.imageio_utils import read_image
@@ -152,6 +161,9 @@ def score(model, val_rows):
             score_image(read_labels(label_path(r)),
                         segment_image(read_image(image_path(r)), model=model,
                                       device="cpu").labels).dsb for r in sel]))
+        out[f"n_{style}"] = len(sel)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(out))
     return out
 
 
@@ -162,7 +174,12 @@ def main():
                     "(writes to runs/style-bench-tiny, no results file)")
     ap.add_argument("--export-base", action="store_true", help="write the base run's latest "
                     "checkpoint to bench/models/ (to carry it over to a later session)")
+    ap.add_argument("--only", default=",".join(STAGES), help="comma-separated stages to run "
+                    f"(default all: {','.join(STAGES)}); 'score' scores every finished model")
     args = ap.parse_args()
+    only = set(args.only.split(","))
+    if only - set(STAGES):
+        ap.error(f"unknown stage(s) {sorted(only - set(STAGES))}; stages: {','.join(STAGES)}")
     if args.export_base:
         return export_base()
     global WORK
@@ -179,46 +196,59 @@ def main():
     timings = {}
 
     t0 = time.time()
-    base = base_stage(base_steps, args.threads, args.tiny)
-    base_folder = model_folder(base, "base")
-    timings["base"] = time.time() - t0
+    base = WORK / "base" / "last.safetensors"
+    if "base" in only:
+        base = base_stage(base_steps, args.threads, args.tiny)
+        timings["base"] = time.time() - t0
+    if not (WORK / "base" / "done.json").is_file():
+        sys.exit("the base network is not trained yet: run with --only base first")
+    models = {"base": model_folder(base, "base")}
     finetune = dict(init=str(base), lr=5e-4, warmup=min(20, ft_steps))
-    nostyle = model_folder(train_stage("nostyle", ft_steps, args.threads, styles=["fluo"],
-                                       **finetune), "nostyle")
-    upper = model_folder(train_stage("upper_bound", ft_steps, args.threads, **finetune),
-                         "upper_bound")
-    adapted = {}
-    for name, images, annotations in (
-            ("autostyle", [image_path(r) for r in he_train], None),
-            ("autostyle_transductive", [image_path(r) for r in he_val], None),
-            ("gtstyle", [image_path(r) for r in he_train],
-             {r["id"]: str(label_path(r)) for r in he_train})):
-        t0 = time.time()
-        res = adapt_stage(name, base_folder, images, annotations, args.threads, args.tiny)
-        adapted[name] = {"folder": res.model_dir, "seconds": res.seconds,
-                         "styles": res.n_clusters, "synthetic": res.synthetic_count,
-                         "images": res.n_images}
-        timings[name] = time.time() - t0
-
-    models = {"base": base_folder, "nostyle": nostyle, "autostyle": WORK / "autostyle",
-              "autostyle_transductive": WORK / "autostyle_transductive",
-              "gtstyle": WORK / "gtstyle", "upper_bound": upper}
-    scores = {name: score(folder, val) for name, folder in models.items()}
+    adaptations = {"autostyle": ([image_path(r) for r in he_train], None),
+                   "autostyle_transductive": ([image_path(r) for r in he_val], None),
+                   "gtstyle": ([image_path(r) for r in he_train],
+                               {r["id"]: str(label_path(r)) for r in he_train})}
+    for name in STAGES[1:-1]:
+        if name in only:
+            t0 = time.time()
+            if name in adaptations:
+                res = adapt_stage(name, models["base"], *adaptations[name], args.threads,
+                                  args.tiny)
+                (WORK / name / "bench_info.json").write_text(json.dumps({
+                    "seconds": res.seconds, "styles": res.n_clusters,
+                    "synthetic": res.synthetic_count, "images": res.n_images}))
+            else:
+                train_stage(name, ft_steps, args.threads, **finetune,
+                            **({"styles": ["fluo"]} if name == "nostyle" else {}))
+            timings[name] = time.time() - t0
+        if name in adaptations and (WORK / name / "model.json").is_file():
+            models[name] = WORK / name
+        elif name not in adaptations and (WORK / name / "done.json").is_file():
+            models[name] = model_folder(WORK / name / "last.safetensors", name)
+    if "score" not in only:
+        return
+    scores = {name: score(name, folder, val, args.tiny) for name, folder in models.items()}
     for name, s in scores.items():
         print(f"{name}: H&E val DSB {s['dsb_he']:.3f}, fluo val DSB {s['dsb_fluo']:.3f}")
+    missing = [n for n in STAGES[:-1] if n not in scores]
+    if missing:
+        print(f"not finished yet: {', '.join(missing)} (no results file written)")
+        return
     if args.tiny:
         return
     from bench.run_benchmarks import machine
 
     RESULTS.write_text(json.dumps({
-        "scores": scores, "adaptations": {k: {kk: (str(vv) if kk == "folder" else vv)
-                                              for kk, vv in v.items()}
-                                          for k, v in adapted.items()},
+        "scores": scores,
+        "adaptations": {k: json.loads((WORK / k / "bench_info.json").read_text())
+                        for k in adaptations},
+        "training_seconds": {k: json.loads((WORK / k / "done.json").read_text())
+                             for k in ("base", "nostyle", "upper_bound")},
         "settings": {"base_steps": base_steps, "finetune_steps": ft_steps,
                      "preset": "quick", "replay": "DSB train, fluorescence only"},
         "_meta": {"machine": machine(), "measured": time.strftime("%Y-%m-%d %H:%M UTC",
                                                                   time.gmtime()),
-                  "command": "python bench/style_adaptation.py", "wall_s_this_run": timings,
+                  "command": "python bench/style_adaptation.py", "wall_s_last_run": timings,
                   "model": "see settings"}}, indent=1, default=str))
     print(f"written {RESULTS}")
 

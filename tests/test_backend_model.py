@@ -70,6 +70,25 @@ def test_default_model_loads_with_sane_settings():
     assert bundle.info.get("main", {}).get("file") == "main.safetensors"
 
 
+def test_thumbnail_first_does_not_break_later_images(examples):
+    """A fresh network whose first input is a few px (a thumbnail at the working scale)
+    detects on later images exactly what a network seeing them first detects: torchvision's
+    RoI pooler would otherwise keep level scales inferred from that first input."""
+    from nucleaizer_backend.models.io import MAIN_FILE, load_network
+    from nucleaizer_backend.models.maskrcnn import predict_raw
+
+    _, img, _, _ = examples[0]
+    x = torch.from_numpy(img[:128, :128].transpose(2, 0, 1) / 255.0).float()
+    first = load_network(DEFAULT_MODEL_DIR / MAIN_FILE)[0]
+    reference = predict_raw(first, [x])[0]
+    assert len(reference["scores"]) > 5
+    second = load_network(DEFAULT_MODEL_DIR / MAIN_FILE)[0]
+    predict_raw(second, [x[:, :2, :3]])
+    after = predict_raw(second, [x])[0]
+    torch.testing.assert_close(after["boxes"], reference["boxes"])
+    torch.testing.assert_close(after["scores"], reference["scores"])
+
+
 def check_structure(results, examples):
     for name, img, truth, _ in examples:
         r = results[name]

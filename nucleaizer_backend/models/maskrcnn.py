@@ -9,6 +9,7 @@ The image transform does *not* resize: the caller rescales images so that nuclei
 size the model was trained at (40 px for the main model), and the network must see exactly
 that scale.
 """
+import math
 import threading
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
@@ -23,6 +24,9 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredic
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+from torchvision.ops.poolers import initLevelMapper
+
+FEATURE_STRIDES = (4, 8, 16, 32)  # px of input per feature pixel, FPN levels "0".."3"
 
 
 @dataclass
@@ -76,7 +80,7 @@ class BasicBlock(nn.Module):
 
 
 def small_resnet(cfg):
-    """Backbone body: stem (stride 2) then four stages at strides 4, 8, 16, 32."""
+    """Backbone body: stem (stride 2) then four stages at :data:`FEATURE_STRIDES`."""
     layers = OrderedDict()
     layers["stem"] = nn.Sequential(
         nn.Conv2d(3, cfg.stem_channels, 3, 2, 1, bias=False),
@@ -97,6 +101,23 @@ def small_resnet(cfg):
         if isinstance(block, BasicBlock):
             nn.init.zeros_(block.bn2.weight)  # each residual block starts as identity
     return body
+
+
+def roi_pool(output_size, strides=FEATURE_STRIDES):
+    """torchvision's ``MultiScaleRoIAlign`` over the FPN levels, with the level scales set
+    from the backbone's ``strides`` (px) instead of inferred.
+
+    torchvision infers the scales from the first batch a pooler sees and keeps them for the
+    life of the model; when that first image is a few px (a thumbnail at the working scale)
+    they come out wrong and every later image loses its detections.
+    """
+    pool = MultiScaleRoIAlign([str(i) for i in range(len(strides))],
+                              output_size=output_size, sampling_ratio=1)
+    pool.scales = [1.0 / s for s in strides]
+    pool.map_levels = initLevelMapper(int(math.log2(strides[0])), int(math.log2(strides[-1])),
+                                      canonical_scale=pool.canonical_scale,
+                                      canonical_level=pool.canonical_level)
+    return pool
 
 
 class NoResizeTransform(GeneralizedRCNNTransform):
@@ -121,9 +142,7 @@ def build_maskrcnn(cfg=None):
         sizes=tuple((s,) for s in cfg.anchor_sizes),
         aspect_ratios=(tuple(cfg.aspect_ratios),) * len(cfg.anchor_sizes),
     )
-    levels = ["0", "1", "2", "3"]
-    box_pool = MultiScaleRoIAlign(levels, output_size=7, sampling_ratio=1)
-    mask_pool = MultiScaleRoIAlign(levels, output_size=14, sampling_ratio=1)
+    box_pool, mask_pool = roi_pool(7), roi_pool(14)
     c = cfg.fpn_channels
     model = MaskRCNN(
         backbone,
