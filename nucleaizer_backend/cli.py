@@ -100,7 +100,7 @@ def cmd_train(args):
                       steps=args.steps, batch_size=args.batch_size, crop=args.crop, lr=args.lr,
                       warmup=args.warmup, checkpoint_every=args.checkpoint_every,
                       val_every=args.val_every, val_limit=args.val_limit, seed=args.seed,
-                      threads=args.threads, init=args.init,
+                      threads=args.threads, device=args.device, init=args.init,
                       min_colour_share=args.min_colour_share,
                       styles=args.styles.split(",") if args.styles else None,
                       synthetic=args.synthetic, synthetic_share=args.synthetic_share)
@@ -319,6 +319,7 @@ def build_parser():
     t.add_argument("--val-limit", type=int, help="validate on the first N images only")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, help="CPU threads for torch")
+    t.add_argument("--device", default="auto", help="auto (GPU when present), cpu or cuda")
     t.add_argument("--init", help="network file to start from")
     t.add_argument("--min-colour-share", type=float, default=0.3,
                    help="least share of samples for colour (stained) and for gray images")

@@ -7,7 +7,6 @@ translates between CellProfiler and the backend's ``estimate_size`` / ``SizeEsti
 
 import logging
 import math
-import os
 
 import numpy
 from cellprofiler_core.constants.measurement import (
@@ -32,17 +31,23 @@ from cellprofiler_core.object import Objects
 from cellprofiler_core.setting import Binary, ValidationError
 from cellprofiler_core.setting.choice import Choice
 from cellprofiler_core.setting.subscriber import ImageSubscriber
-from cellprofiler_core.setting.text import Directory, Filename, Float, LabelName
+from cellprofiler_core.setting.text import Float, LabelName
+
+from _nucleaizer_common import (
+    MODEL_CUSTOM,
+    NUCLEAIZER_DOI,
+    NucleaizerModule,
+    backend as _backend,
+    gpu_memory_share_setting,
+    model_settings,
+    use_gpu_setting,
+)
 
 LOGGER = logging.getLogger(__name__)
-
-NUCLEAIZER_DOI = "https://doi.org/10.1016/j.cels.2020.04.003"
 
 SCOPE_EACH = "Each image individually"
 SCOPE_GROUP = "All images of the group (pooled)"
 
-MODEL_DEFAULT = "Default (shipped)"
-MODEL_CUSTOM = "Custom"
 
 C_NUCLEUS_SIZE = "NucleusSize"
 FTR_MEDIAN_DIAMETER = "MedianDiameter"
@@ -65,11 +70,6 @@ FEATURES = (
 D_GROUP = "group"
 D_IMAGES = "images"
 D_POOLED = "pooled"
-
-INSTALL_HINT = (
-    "the nucleaizer_backend Python package is not installed in CellProfiler's Python "
-    "environment (install it with pip from the project folder: pip install -e .)"
-)
 
 __doc__ = """\
 EstimateNucleusSize
@@ -158,14 +158,6 @@ References
 )
 
 
-def _backend():
-    try:
-        import nucleaizer_backend
-    except ImportError as e:
-        raise ImportError("%s; import failed with: %s" % (INSTALL_HINT, e)) from e
-    return nucleaizer_backend
-
-
 def _feature(name):
     return "%s_%s" % (C_NUCLEUS_SIZE, name)
 
@@ -192,7 +184,7 @@ def _dict_to_estimate(d):
     )
 
 
-class EstimateNucleusSize(Module):
+class EstimateNucleusSize(NucleaizerModule, Module):
     category = "Measurement"
 
     module_name = "EstimateNucleusSize"
@@ -227,42 +219,21 @@ brightfield, H&E...). No preprocessing is needed.""",
             % globals(),
         )
 
-        self.model_choice = Choice(
+        self.model_choice, self.model_directory, self.model_name = model_settings(
             "Model",
-            [MODEL_DEFAULT, MODEL_CUSTOM],
-            MODEL_DEFAULT,
-            doc="""\
+            """\
 -  *%(MODEL_DEFAULT)s:* The preseg network installed with the backend.
 -  *%(MODEL_CUSTOM)s:* The preseg network of a model folder (its ``preseg.safetensors``; a
    folder without one, or a single network file, uses the default preseg network).
-"""
-            % globals(),
-        )
-
-        self.model_directory = Directory(
+""",
             "Model location",
-            doc="""\
+            """\
 *(Used only with a custom model)*
 
 The folder that holds the model: the model folder itself (leave the name below blank) or
 the folder that contains it (enter its name below).""",
-        )
-
-        def get_directory_fn():
-            return self.model_directory.get_absolute_path()
-
-        def set_directory_fn(path):
-            dir_choice, custom_path = self.model_directory.get_parts_from_path(path)
-            self.model_directory.join_parts(dir_choice, custom_path)
-
-        self.model_name = Filename(
             "Model folder or file name",
-            "",
-            get_directory_fn=get_directory_fn,
-            set_directory_fn=set_directory_fn,
-            browse_msg="Choose a model network file (.safetensors)",
-            exts=[("nucleAIzer network (*.safetensors)", "*.safetensors"), ("All files (*.*)", "*.*")],
-            doc="""\
+            """\
 *(Used only with a custom model)*
 
 Name of the model folder or network file inside the model location; blank when the model
@@ -299,25 +270,19 @@ each image.""",
 Name of the objects, for use by downstream modules.""",
         )
 
-        self.use_gpu = Binary(
-            "Use GPU when available?",
-            True,
-            doc="""\
+        self.use_gpu = use_gpu_setting(
+            """\
 Select *Yes* to run the network on an NVIDIA GPU (CUDA) when PyTorch can see one, else the
-CPU; *No* always uses the CPU.""",
+CPU; *No* always uses the CPU."""
         )
 
-        self.gpu_memory_share = Float(
-            "GPU memory share for each worker",
-            0.25,
-            minval=0.01,
-            maxval=1.0,
-            doc="""\
+        self.gpu_memory_share = gpu_memory_share_setting(
+            """\
 *(Used only when a GPU is used)*
 
 Largest fraction (0 to 1) of the GPU's memory that one CellProfiler worker process may use;
 this share times the number of workers should be at most 1. The limit applies to the whole
-worker process (all nucleAIzer modules in it).""",
+worker process (all nucleAIzer modules in it)."""
         )
 
     def settings(self):
@@ -349,53 +314,15 @@ worker process (all nucleAIzer modules in it).""",
     def help_settings(self):
         return self.settings()
 
-    def upgrade_settings(self, setting_values, variable_revision_number, module_name):
-        """Revision 1 is the first released layout; add conversion steps here when the
-        settings change (and bump ``variable_revision_number``)."""
-        if variable_revision_number > self.variable_revision_number:
-            raise ValueError(
-                "%s: the pipeline was saved by a newer version of this module (settings "
-                "revision %d; this version reads up to %d). Update the nucleAIzer plugins."
-                % (self.module_name, variable_revision_number, self.variable_revision_number)
-            )
-        return setting_values, variable_revision_number
-
-    def volumetric(self):
-        return False
-
     def is_aggregation_module(self):
         """In group mode every image of a group must be processed by the same worker."""
         return self.scope == SCOPE_GROUP
 
-    # ------------------------------------------------------------------ model and paths
-
-    def model_path(self):
-        if self.model_choice != MODEL_CUSTOM:
-            return None
-        directory = self.model_directory.get_absolute_path()
-        name = self.model_name.value.strip()
-        return os.path.join(directory, name) if name else directory
-
-    def device(self):
-        return "auto" if self.use_gpu.value else "cpu"
-
-    def prepare_to_create_batch(self, workspace, fn_alter_path):
-        self.model_directory.alter_for_create_batch_files(fn_alter_path)
-        return True
+    # ------------------------------------------------------------------ validation
 
     def validate_module(self, pipeline):
-        try:
-            _backend()
-        except ImportError as e:
-            raise ValidationError(str(e), self.model_choice)
-        from nucleaizer_backend.errors import ModelFileError
-        from nucleaizer_backend.models.io import check_model_path
-
-        setting = self.model_name if self.model_choice == MODEL_CUSTOM else self.model_choice
-        try:
-            check_model_path(self.model_path())
-        except ModelFileError as e:
-            raise ValidationError("Cannot use the model: %s" % e, setting)
+        self.validate_backend()
+        self.validate_model()
         for module in pipeline.modules():
             if module is self or module.module_num >= self.module_num:
                 break
@@ -417,17 +344,6 @@ worker process (all nucleAIzer modules in it).""",
 
     # ------------------------------------------------------------------ computing
 
-    def _limit_gpu_memory(self):
-        if not self.use_gpu.value:
-            return
-        import torch
-
-        if not torch.cuda.is_available():
-            return
-        from nucleaizer_backend.device import set_memory_fraction
-
-        set_memory_fraction(self.gpu_memory_share.value, "cuda")
-
     def _estimate(self, image, image_number, return_labels=False):
         """SizeEstimate of one CellProfiler image (clear error for 3D); with
         ``return_labels`` its ``labels`` are the measured nuclei."""
@@ -438,7 +354,7 @@ worker process (all nucleAIzer modules in it).""",
                 "stack as 2D planes in NamesAndTypes."
                 % (self.module_name, self.image_name.value, image.pixel_data.shape)
             )
-        self._limit_gpu_memory()
+        self.limit_gpu_memory()
         try:
             return backend.estimate_size(
                 image.pixel_data,

@@ -7,15 +7,11 @@ settings, images, objects and measurements and the backend's ``segment_image``.
 
 import logging
 import math
-import os
 
 import numpy
 from cellprofiler_core.constants.measurement import (
     COLTYPE_FLOAT,
     COLTYPE_INTEGER,
-    C_COUNT,
-    C_LOCATION,
-    C_NUMBER,
     IMAGE,
 )
 from cellprofiler_core.image import Image
@@ -24,11 +20,20 @@ from cellprofiler_core.object import Objects
 from cellprofiler_core.setting import Binary, Measurement, ValidationError
 from cellprofiler_core.setting.choice import Choice
 from cellprofiler_core.setting.subscriber import ImageSubscriber
-from cellprofiler_core.setting.text import Directory, Filename, Float, ImageName, LabelName
+from cellprofiler_core.setting.text import Float, ImageName, LabelName
+
+from _nucleaizer_common import (
+    MODEL_CUSTOM,
+    NUCLEAIZER_DOI,
+    NucleaizerModule,
+    backend as _backend,
+    same_path,
+    gpu_memory_share_setting,
+    model_settings,
+    use_gpu_setting,
+)
 
 LOGGER = logging.getLogger(__name__)
-
-NUCLEAIZER_DOI = "https://doi.org/10.1016/j.cels.2020.04.003"
 
 __doc__ = """\
 SegmentNucleiStyleAdapted
@@ -135,9 +140,6 @@ References
     doi=NUCLEAIZER_DOI
 )
 
-MODEL_DEFAULT = "Default (shipped)"
-MODEL_CUSTOM = "Custom"
-
 SIZE_AUTOMATIC = "Automatic (per image)"
 SIZE_MEASUREMENT = "From an image measurement"
 SIZE_MANUAL = "Manual"
@@ -166,27 +168,12 @@ IMAGE_FEATURES = (
 )
 M_CONFIDENCE = "%s_%s" % (C_NUCLEAIZER, FTR_CONFIDENCE)
 
-INSTALL_HINT = (
-    "the nucleaizer_backend Python package is not installed in CellProfiler's Python "
-    "environment (install it with pip from the project folder: pip install -e .)"
-)
-
-
-def _backend():
-    """The backend package, or a clear error when it is missing."""
-    try:
-        import nucleaizer_backend
-    except ImportError as e:
-        raise ImportError("%s; import failed with: %s" % (INSTALL_HINT, e)) from e
-    return nucleaizer_backend
-
-
 def image_feature(feature, object_name):
     """Image measurement name, e.g. Nucleaizer_Diameter_Nuclei."""
     return "%s_%s_%s" % (C_NUCLEAIZER, feature, object_name)
 
 
-class SegmentNucleiStyleAdapted(ImageSegmentation):
+class SegmentNucleiStyleAdapted(NucleaizerModule, ImageSegmentation):
     category = "Object Processing"
 
     module_name = "SegmentNucleiStyleAdapted"
@@ -214,11 +201,9 @@ Enter the name to give the nucleus objects produced by this module. Downstream m
 (IdentifySecondaryObjects, MeasureObjectSizeShape...) select them by this name.""",
         )
 
-        self.model_choice = Choice(
+        self.model_choice, self.model_directory, self.model_name = model_settings(
             "Model",
-            [MODEL_DEFAULT, MODEL_CUSTOM],
-            MODEL_DEFAULT,
-            doc="""\
+            """\
 -  *%(MODEL_DEFAULT)s:* The general nucleAIzer model installed with the backend, trained on
    fluorescence and brightfield/H&E nuclei.
 -  *%(MODEL_CUSTOM)s:* A model folder (holding ``main.safetensors`` and optionally
@@ -226,36 +211,17 @@ Enter the name to give the nucleus objects produced by this module. Downstream m
    example a model adapted to your experiment's image style by **TrainStyleAdaptation**.
    When a TrainStyleAdaptation module earlier in this pipeline adapts *before segmenting*
    into this folder, the folder need not exist before the run.
-"""
-            % globals(),
-        )
-
-        self.model_directory = Directory(
+""",
             "Model location",
-            doc="""\
+            """\
 *(Used only with a custom model)*
 
 The folder that holds the model: either the model folder itself (leave the name below
 blank) or the folder that contains it or the network file (enter its name below). Using the
 Default Input/Output Folder or a subfolder of them keeps the pipeline portable between
 computers and cluster nodes.""",
-        )
-
-        def get_directory_fn():
-            return self.model_directory.get_absolute_path()
-
-        def set_directory_fn(path):
-            dir_choice, custom_path = self.model_directory.get_parts_from_path(path)
-            self.model_directory.join_parts(dir_choice, custom_path)
-
-        self.model_name = Filename(
             "Model folder or file name",
-            "",
-            get_directory_fn=get_directory_fn,
-            set_directory_fn=set_directory_fn,
-            browse_msg="Choose a model network file (.safetensors)",
-            exts=[("nucleAIzer network (*.safetensors)", "*.safetensors"), ("All files (*.*)", "*.*")],
-            doc="""\
+            """\
 *(Used only with a custom model)*
 
 Name of the model folder or of the ``.safetensors`` network file inside the model location.
@@ -431,28 +397,23 @@ Objects whose mean U-Net nucleus probability is below this value are removed as 
 detections. 0 keeps all.""",
         )
 
-        self.use_gpu = Binary(
-            "Use GPU when available?",
-            True,
-            doc="""\
+        self.use_gpu = use_gpu_setting(
+            """\
 Select *Yes* to run the network on an NVIDIA GPU (CUDA) when PyTorch can see one; the
 module falls back to the CPU when there is none, so pipelines stay portable. Select *No*
-to always use the CPU.""",
+to always use the CPU."""
         )
 
-        self.gpu_memory_share = Float(
-            "GPU memory share for each worker",
-            0.25,
-            minval=0.01,
-            maxval=1.0,
-            doc="""\
+        self.gpu_memory_share = gpu_memory_share_setting(
+            """\
 *(Used only when a GPU is used)*
 
 Largest fraction (0 to 1) of the GPU's memory that one CellProfiler worker process may use.
 CellProfiler runs several workers at once (see *Preferences > Maximum number of worker
 processes*), each with its own copy of the model: choose the share so that it times the
 number of workers (times the number of CellProfiler instances sharing the GPU) is at most 1.
-For a single headless process, 1.0 is fine.""",
+For a single headless process, 1.0 is fine. The limit applies to the whole worker process
+(all nucleAIzer modules in it)."""
         )
 
         self.use_mask = Binary(
@@ -565,12 +526,7 @@ Name of the nucleus probability image, for use by downstream modules.""",
         augmentation and the parameter choice (a revision-1 confidence other than 0.5 becomes
         custom parameters with the paper's p1..p6). When settings are added or changed, bump
         ``variable_revision_number`` and add a step here that converts the old values."""
-        if variable_revision_number > self.variable_revision_number:
-            raise ValueError(
-                "%s: the pipeline was saved by a newer version of this module (settings "
-                "revision %d; this version reads up to %d). Update the nucleAIzer plugins."
-                % (self.module_name, variable_revision_number, self.variable_revision_number)
-            )
+        self.refuse_newer_revision(variable_revision_number)
         if variable_revision_number == 1:
             confidence = float(setting_values[8])
             custom = PARAMS_CUSTOM if abs(confidence - 0.5) > 1e-9 else PARAMS_MODEL
@@ -580,44 +536,15 @@ Name of the nucleus probability image, for use by downstream modules.""",
             variable_revision_number = 2
         return setting_values, variable_revision_number
 
-    def volumetric(self):
-        return False
-
     def is_object_identification_module(self):
         return True
 
-    # ------------------------------------------------------------------ paths and model
-
-    def model_path(self):
-        """The custom model's absolute path, or None for the shipped model."""
-        if self.model_choice != MODEL_CUSTOM:
-            return None
-        directory = self.model_directory.get_absolute_path()
-        name = self.model_name.value.strip()
-        return os.path.join(directory, name) if name else directory
-
-    def device(self):
-        return "auto" if self.use_gpu.value else "cpu"
-
-    def prepare_to_create_batch(self, workspace, fn_alter_path):
-        """Map the model location to the cluster's file system for CreateBatchFiles."""
-        self.model_directory.alter_for_create_batch_files(fn_alter_path)
-        return True
+    # ------------------------------------------------------------------ validation
 
     def validate_module(self, pipeline):
-        try:
-            _backend()
-        except ImportError as e:
-            raise ValidationError(str(e), self.model_choice)
-        from nucleaizer_backend.errors import ModelFileError
-        from nucleaizer_backend.models.io import check_model_path
-
-        setting = self.model_name if self.model_choice == MODEL_CUSTOM else self.model_choice
-        try:
-            check_model_path(self.model_path())
-        except ModelFileError as e:
-            if not self._model_adapted_upstream(pipeline):
-                raise ValidationError("Cannot use the model: %s" % e, setting)
+        self.validate_backend()
+        if not self._model_adapted_upstream(pipeline):
+            self.validate_model()
         if self.size_choice == SIZE_MANUAL and not self.manual_diameter.value > 0:
             raise ValidationError("The nucleus diameter must be positive", self.manual_diameter)
         if self.use_mask and self.mask_name.value == self.x_name.value:
@@ -637,29 +564,12 @@ Name of the nucleus probability image, for use by downstream modules.""",
             if (
                 module.module_name == "TrainStyleAdaptation"
                 and module.adapts_first()
-                and os.path.normcase(os.path.abspath(module.model_folder()))
-                == os.path.normcase(os.path.abspath(path))
+                and same_path(module.model_folder(), path)
             ):
                 return True
         return False
 
     # ------------------------------------------------------------------ run
-
-    def _limit_gpu_memory(self):
-        if not self.use_gpu.value:
-            return
-        import torch
-
-        if not torch.cuda.is_available():
-            return
-        key = ("gpu_memory_share", float(self.gpu_memory_share.value))
-        done = getattr(SegmentNucleiStyleAdapted, "_gpu_limit_set", None)
-        if done == key:
-            return
-        from nucleaizer_backend.device import set_memory_fraction
-
-        set_memory_fraction(self.gpu_memory_share.value, "cuda")
-        SegmentNucleiStyleAdapted._gpu_limit_set = key
 
     def _diameter(self, workspace):
         """Diameter in px for this image, or None to estimate it."""
@@ -739,7 +649,7 @@ Name of the nucleus probability image, for use by downstream modules.""",
                 "%s: image %r has shape %s; CellProfiler objects need an image of at least "
                 "2 pixels" % (self.module_name, x_name, pixels.shape)
             )
-        self._limit_gpu_memory()
+        self.limit_gpu_memory()
         diameter = self._diameter(workspace)
         try:
             result = backend.segment_image(

@@ -28,14 +28,19 @@ from cellprofiler_core.preferences import DEFAULT_OUTPUT_FOLDER_NAME
 from cellprofiler_core.setting import Binary, ValidationError
 from cellprofiler_core.setting.choice import Choice
 from cellprofiler_core.setting.subscriber import ImageSubscriber, LabelSubscriber
-from cellprofiler_core.setting.text import Directory, Filename, Float, Integer, Text
+from cellprofiler_core.setting.text import Directory, Float, Integer, Text
+
+from _nucleaizer_common import (
+    MODEL_CUSTOM,
+    NUCLEAIZER_DOI,
+    NucleaizerModule,
+    backend as _backend,
+    model_settings,
+    same_path,
+    use_gpu_setting,
+)
 
 LOGGER = logging.getLogger(__name__)
-
-NUCLEAIZER_DOI = "https://doi.org/10.1016/j.cels.2020.04.003"
-
-MODEL_DEFAULT = "Default (shipped)"
-MODEL_CUSTOM = "Custom"
 
 WHEN_END = "At the end of the group"
 WHEN_FIRST = "Before segmenting: on the group's images first"
@@ -90,11 +95,6 @@ STAGE_NAMES = {
     "package": "writing the model folder",
 }
 LOG_EVERY_S = 15.0
-
-INSTALL_HINT = (
-    "the nucleaizer_backend Python package is not installed in CellProfiler's Python "
-    "environment (install it with pip from the project folder: pip install -e .)"
-)
 
 __doc__ = """\
 TrainStyleAdaptation
@@ -235,21 +235,8 @@ References
 )
 
 
-def _backend():
-    """The backend package, or a clear error when it is missing."""
-    try:
-        import nucleaizer_backend
-    except ImportError as e:
-        raise ImportError("%s; import failed with: %s" % (INSTALL_HINT, e)) from e
-    return nucleaizer_backend
-
-
 def _feature(name):
     return "%s_%s" % (C_STYLE_ADAPTATION, name)
-
-
-def _same_path(a, b):
-    return os.path.normcase(os.path.abspath(a)) == os.path.normcase(os.path.abspath(b))
 
 
 class _ProgressLog:
@@ -280,7 +267,7 @@ class _ProgressLog:
         LOGGER.info("%s: %s %d/%d%s", self.prefix, name, done, total, extra)
 
 
-class TrainStyleAdaptation(Module):
+class TrainStyleAdaptation(NucleaizerModule, Module):
     category = "Object Processing"
 
     module_name = "TrainStyleAdaptation"
@@ -324,48 +311,28 @@ The objects holding the annotated nuclei of each image (the same size as the ima
 object per nucleus).""",
         )
 
-        self.model_choice = Choice(
+        self.model_choice, self.model_directory, self.model_name = model_settings(
             "Base model",
-            [MODEL_DEFAULT, MODEL_CUSTOM],
-            MODEL_DEFAULT,
-            doc="""\
+            """\
 The model to adapt:
 
 -  *%(MODEL_DEFAULT)s:* the general nucleAIzer model installed with the backend.
 -  *%(MODEL_CUSTOM)s:* a model folder (with ``main.safetensors``), for example one trained
    on your own annotated images, or a main network ``.safetensors`` file.
-"""
-            % globals(),
-        )
-
-        self.model_directory = Directory(
+""",
             "Base model location",
-            doc="""\
+            """\
 *(Used only with a custom base model)*
 
 The folder that holds the base model: either the model folder itself (leave the name below
 blank) or the folder that contains it or its network file (enter its name below).""",
-        )
-
-        def get_directory_fn():
-            return self.model_directory.get_absolute_path()
-
-        def set_directory_fn(path):
-            dir_choice, custom_path = self.model_directory.get_parts_from_path(path)
-            self.model_directory.join_parts(dir_choice, custom_path)
-
-        self.model_name = Filename(
             "Base model folder or file name",
-            "",
-            get_directory_fn=get_directory_fn,
-            set_directory_fn=set_directory_fn,
-            browse_msg="Choose a main network file (.safetensors)",
-            exts=[("nucleAIzer network (*.safetensors)", "*.safetensors"), ("All files (*.*)", "*.*")],
-            doc="""\
+            """\
 *(Used only with a custom base model)*
 
 Name of the model folder or of the main ``.safetensors`` network file inside the base model
 location. Leave blank when the location is the model folder itself.""",
+            browse_msg="Choose a main network file (.safetensors)",
         )
 
         self.output_directory = Directory(
@@ -426,13 +393,11 @@ model, e.g. ``adapted_\\g<Plate>``.""".format(
             % globals(),
         )
 
-        self.use_gpu = Binary(
-            "Use GPU when available?",
-            True,
-            doc="""\
+        self.use_gpu = use_gpu_setting(
+            """\
 Select *Yes* to compute the automatic nucleus masks on an NVIDIA GPU (CUDA) when PyTorch can
 see one, else the CPU; *No* computes them on the CPU. (The training stages always use a
-CUDA GPU when there is one.)""",
+CUDA GPU when there is one.)"""
         )
 
         self.advanced = Binary(
@@ -548,20 +513,6 @@ a style model and reported as skipped). Lower it when the group has very few ima
     def help_settings(self):
         return self.settings()
 
-    def upgrade_settings(self, setting_values, variable_revision_number, module_name):
-        """Revision 1 is the first released layout; add conversion steps here when the
-        settings change (and bump ``variable_revision_number``)."""
-        if variable_revision_number > self.variable_revision_number:
-            raise ValueError(
-                "%s: the pipeline was saved by a newer version of this module (settings "
-                "revision %d; this version reads up to %d). Update the nucleAIzer plugins."
-                % (self.module_name, variable_revision_number, self.variable_revision_number)
-            )
-        return setting_values, variable_revision_number
-
-    def volumetric(self):
-        return False
-
     def is_aggregation_module(self):
         """All images of a group are needed together (one worker per group)."""
         return True
@@ -572,14 +523,6 @@ a style model and reported as skipped). Lower it when the group has very few ima
         return self.when == WHEN_FIRST
 
     # ------------------------------------------------------------------ paths and config
-
-    def base_model_path(self):
-        """The custom base model's absolute path, or None for the shipped model."""
-        if self.model_choice != MODEL_CUSTOM:
-            return None
-        directory = self.model_directory.get_absolute_path()
-        name = self.model_name.value.strip()
-        return os.path.join(directory, name) if name else directory
 
     def model_folder(self, measurements=None, image_set_number=None):
         """The adapted model folder (absolute). Without measurements, metadata tags are
@@ -593,14 +536,11 @@ a style model and reported as skipped). Lower it when the group has very few ima
     def _has_metadata_tag(self):
         return "\\g<" in self.output_name.value or "\\g<" in self.output_directory.custom_path
 
-    def device(self):
-        return "auto" if self.use_gpu.value else "cpu"
-
     def adapt_config(self):
         """The backend's AdaptConfig for these settings."""
         backend = _backend()
         kwargs = dict(
-            base_model=self.base_model_path(),
+            base_model=self.model_path(),
             preset=PRESETS[self.preset.value],
             device=self.device(),
         )
@@ -622,9 +562,8 @@ a style model and reported as skipped). Lower it when the group has very few ima
 
     def prepare_to_create_batch(self, workspace, fn_alter_path):
         """Map the base model and output folders to the cluster's file system."""
-        self.model_directory.alter_for_create_batch_files(fn_alter_path)
         self.output_directory.alter_for_create_batch_files(fn_alter_path)
-        return True
+        return super().prepare_to_create_batch(workspace, fn_alter_path)
 
     # ------------------------------------------------------------------ validation
 
@@ -642,7 +581,7 @@ a style model and reported as skipped). Lower it when the group has very few ima
                 "Process as 3D = No)" % self.module_name,
                 self.image_name,
             )
-        base = self.base_model_path()
+        base = self.model_path()
         if base is not None:
             try:
                 path = check_model_path(base)
@@ -659,7 +598,7 @@ a style model and reported as skipped). Lower it when the group has very few ima
         if not self.output_name.value.strip():
             raise ValidationError("Enter a name for the adapted model folder", self.output_name)
         folder = self.model_folder()
-        if base is not None and not self._has_metadata_tag() and _same_path(folder, base):
+        if base is not None and not self._has_metadata_tag() and same_path(folder, base):
             raise ValidationError(
                 "The adapted model must go to a new folder, not the base model's", self.output_name
             )
@@ -750,7 +689,7 @@ a style model and reported as skipped). Lower it when the group has very few ima
             if module.module_name != "SegmentNucleiStyleAdapted":
                 continue
             path = module.model_path() if hasattr(module, "model_path") else None
-            if path and _same_path(path, folder):
+            if path and same_path(path, folder):
                 found.append(module)
         return found
 
@@ -875,7 +814,7 @@ a style model and reported as skipped). Lower it when the group has very few ima
         LOGGER.info(
             "%s: adapting %s to %d images (%d annotated), %s preset, into %s",
             prefix,
-            self.base_model_path() or "the shipped model",
+            self.model_path() or "the shipped model",
             len(images),
             len(annotations),
             self.preset.value.lower(),

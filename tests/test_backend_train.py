@@ -150,6 +150,15 @@ def test_unknown_kind_is_refused(train_data, tmp_path):
         train(TrainConfig(data=str(train_data), out=str(tmp_path / "x"), kind="maskrnn", **TINY))
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_device_is_honoured(train_data, tmp_path):
+    """Training runs where ``device`` says: "cuda" without a GPU is a clear error."""
+    from nucleaizer_backend.errors import NucleaizerError
+
+    with pytest.raises(NucleaizerError, match="no CUDA GPU"):
+        train(TrainConfig(data=str(train_data), out=str(tmp_path / "x"), device="cuda", **TINY))
+
+
 def test_unet_kind_trains_lowers_loss_and_loads(train_data, tmp_path):
     """The refinement U-Net trains with the same command; its loss falls on two images and
     its file rebuilds as a U-Net that outputs probabilities of the input's size."""

@@ -9,7 +9,6 @@ Manual nucleus diameters are used wherever a test is not about size estimation (
 """
 import ast
 import io
-import os
 import pathlib
 import shutil
 import subprocess

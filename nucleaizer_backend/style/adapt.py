@@ -123,8 +123,8 @@ class AdaptConfig:
     learning rate (quick 2e-3: a few hundred steps at pix2pix's 2e-4 leave fluorescence
     backgrounds gray, see the module doc; full 2e-4, pix2pix's); style_crop,
     style_architecture (a Pix2PixConfig dict), style_checkpoint_every: the style models;
-    seed: all random choices; threads: torch CPU threads (None: torch's default); device: for
-    the preseg masks ("auto", "cpu", "cuda"; the training stages use CUDA when present).
+    seed: all random choices; threads: torch CPU threads (None: torch's default); device: where
+    every stage runs ("auto": CUDA when present, "cpu", "cuda").
     """
 
     base_model: str = None
@@ -378,7 +378,7 @@ def _annotations(annotations, targets):
     by_name = {t.name: t for t in targets}
     unknown = sorted(str(n) for n in annotations if str(n) not in by_name)
     if unknown:
-        raise NucleaizerError(f"annotations for images that are not among the target images: "
+        raise NucleaizerError("annotations for images that are not among the target images: "
                               + ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else ""))
     return {str(n): _as_labels(a, n, by_name[str(n)].shape) for n, a in annotations.items()}
 
@@ -601,7 +601,8 @@ def _stage_styles(work, targets, s, report):
                      for n in st["images"]]
             cfg = StyleTrainConfig(steps=steps, crop=s["style_crop"], lr=float(s["style_lr"]),
                                    seed=s["seed"] + k,
-                                   threads=s["threads"], architecture=s["style_architecture"],
+                                   threads=s["threads"], device=s["device"],
+                                   architecture=s["style_architecture"],
                                    checkpoint_every=s["style_checkpoint_every"])
 
             def progress(step, n, info, k=k, offset=before):
@@ -709,7 +710,7 @@ def _stage_finetune(work, s, base, report):
                       crop=int(s["finetune_crop"]), lr=float(s["finetune_lr"]),
                       warmup=int(s["finetune_warmup"]),
                       checkpoint_every=int(s["checkpoint_every"]), seed=s["seed"],
-                      threads=s["threads"], init=str(main_file),
+                      threads=s["threads"], device=s["device"], init=str(main_file),
                       architecture=main_meta.get("architecture"),
                       min_colour_share=float(colour), styles=s["replay_styles"],
                       synthetic=str(work.dir / "synthetic"),

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..device import resolve_device
 from ..models.io import load_network_of_kind, save_network
 from ..models.pix2pix import (Pix2PixConfig, build_discriminator, build_generator,
                               gan_to_image, image_to_gan, mask_to_input)
@@ -77,7 +78,8 @@ class StyleTrainConfig:
     checkpoint_every: int = 100
     log_every: int = 10
     seed: int = 0
-    threads: int = None
+    threads: int = None  # torch CPU threads (None: torch's default)
+    device: str = "auto"  # auto (CUDA when present), cpu or cuda
     architecture: dict = None
 
     def pix2pix(self):
@@ -199,7 +201,8 @@ def train_style_model(pairs, out_dir, cfg=None, resume=False, progress=None):
     config_file = run.dir / "config.json"
     resuming = resume and run.checkpoint.is_file()
     if resuming:
-        cfg = StyleTrainConfig(**{**json.loads(config_file.read_text()), "steps": cfg.steps})
+        cfg = StyleTrainConfig(**{**json.loads(config_file.read_text()), "steps": cfg.steps,
+                                  "threads": cfg.threads, "device": cfg.device})
     elif run.checkpoint.is_file():
         raise FileExistsError(f"{run.dir} holds a style-model run already: resume it, or use "
                               "another folder")
@@ -208,7 +211,7 @@ def train_style_model(pairs, out_dir, cfg=None, resume=False, progress=None):
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(cfg.device)
 
     p2p = cfg.pix2pix()
     lr0 = p2p.lr if cfg.lr is None else cfg.lr

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..device import resolve_device
 from ..evaluate import score_image, summarize
 from ..models.io import build_network, save_network
 from .augment import CropSpec, make_training_crop, targets_from_labels
@@ -42,7 +43,8 @@ class TrainConfig:
     val_every: int = 1000
     val_limit: int = None
     seed: int = 0
-    threads: int = None
+    threads: int = None  # torch CPU threads (None: torch's default)
+    device: str = "auto"  # auto (CUDA when present), cpu or cuda
     init: str = None  # network file to start from (fine-tuning / next stage)
     architecture: dict = None
     min_colour_share: float = 0.3  # colour (e.g. H&E) and gray images: each at least this share
@@ -254,7 +256,9 @@ def train(cfg, resume=False, progress=None):
     run = RunFolder(cfg.out)
     config_file = run.dir / "config.json"
     if resume and run.checkpoint.is_file():
-        cfg = TrainConfig(**{**json.loads(config_file.read_text()), "steps": cfg.steps})
+        # the run's recipe, with this call's length and machine settings
+        cfg = TrainConfig(**{**json.loads(config_file.read_text()), "steps": cfg.steps,
+                             "threads": cfg.threads, "device": cfg.device})
     elif run.checkpoint.is_file():
         raise FileExistsError(f"{run.dir} holds a run already: use --resume, or another --out")
     config_file.write_text(json.dumps(asdict(cfg), indent=1))
@@ -262,7 +266,7 @@ def train(cfg, resume=False, progress=None):
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(cfg.device)
 
     spec = cfg.crop_spec()  # also refuses an unknown kind before anything is loaded
     model = build_network(cfg.kind, cfg.architecture)

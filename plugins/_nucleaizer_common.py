@@ -1,0 +1,165 @@
+"""Parts shared by the nucleAIzer CellProfiler modules: the model and GPU settings, the
+backend import, and the behaviour that goes with them.
+
+Not a module itself: CellProfiler loads the plugin files whose names do not start with "_",
+with the plugins folder on the import path, so the modules import this file. Copy it along
+with them when installing the plugins into another plugins folder.
+"""
+import os
+
+from cellprofiler_core.setting import Binary, ValidationError
+from cellprofiler_core.setting.choice import Choice
+from cellprofiler_core.setting.text import Directory, Filename, Float
+
+NUCLEAIZER_DOI = "https://doi.org/10.1016/j.cels.2020.04.003"
+
+MODEL_DEFAULT = "Default (shipped)"
+MODEL_CUSTOM = "Custom"
+
+INSTALL_HINT = (
+    "the nucleaizer_backend Python package is not installed in CellProfiler's Python "
+    "environment (install it with pip from the project folder: pip install -e .)"
+)
+
+NETWORK_FILE_TYPES = [
+    ("nucleAIzer network (*.safetensors)", "*.safetensors"),
+    ("All files (*.*)", "*.*"),
+]
+
+
+def backend():
+    """The backend package, or an ImportError that says how to install it."""
+    try:
+        import nucleaizer_backend
+    except ImportError as e:
+        raise ImportError("%s; import failed with: %s" % (INSTALL_HINT, e)) from e
+    return nucleaizer_backend
+
+
+def same_path(a, b):
+    """True when paths ``a`` and ``b`` name the same place (relative paths from the working
+    directory, case-insensitively where the file system is)."""
+    return os.path.normcase(os.path.abspath(a)) == os.path.normcase(os.path.abspath(b))
+
+
+def model_settings(choice_text, choice_doc, location_text, location_doc, name_text, name_doc,
+                   browse_msg="Choose a model network file (.safetensors)"):
+    """The (choice, location, name) settings that pick the shipped model or a custom model
+    folder / network file. ``choice_doc`` may use %(MODEL_DEFAULT)s and %(MODEL_CUSTOM)s."""
+    choice = Choice(
+        choice_text,
+        [MODEL_DEFAULT, MODEL_CUSTOM],
+        MODEL_DEFAULT,
+        doc=choice_doc % {"MODEL_DEFAULT": MODEL_DEFAULT, "MODEL_CUSTOM": MODEL_CUSTOM},
+    )
+    location = Directory(location_text, doc=location_doc)
+
+    def get_directory_fn():
+        return location.get_absolute_path()
+
+    def set_directory_fn(path):
+        dir_choice, custom_path = location.get_parts_from_path(path)
+        location.join_parts(dir_choice, custom_path)
+
+    name = Filename(
+        name_text,
+        "",
+        get_directory_fn=get_directory_fn,
+        set_directory_fn=set_directory_fn,
+        browse_msg=browse_msg,
+        exts=NETWORK_FILE_TYPES,
+        doc=name_doc,
+    )
+    return choice, location, name
+
+
+def use_gpu_setting(doc):
+    return Binary("Use GPU when available?", True, doc=doc)
+
+
+def gpu_memory_share_setting(doc):
+    return Float("GPU memory share for each worker", 0.25, minval=0.01, maxval=1.0, doc=doc)
+
+
+_gpu_share_set = None  # the share applied in this process (one limit per worker process)
+
+
+class NucleaizerModule:
+    """Behaviour shared by the nucleAIzer modules (listed first among the bases, so that it
+    overrides Module's defaults). Expects the settings ``model_choice``, ``model_directory``,
+    ``model_name`` (from :func:`model_settings`) and ``use_gpu``; ``gpu_memory_share``
+    where the module offers it."""
+
+    def model_path(self):
+        """The custom model's absolute path (folder or network file), or None for the
+        shipped model."""
+        if self.model_choice != MODEL_CUSTOM:
+            return None
+        directory = self.model_directory.get_absolute_path()
+        name = self.model_name.value.strip()
+        return os.path.join(directory, name) if name else directory
+
+    def model_setting(self):
+        """The setting to point at when the model cannot be used."""
+        return self.model_name if self.model_choice == MODEL_CUSTOM else self.model_choice
+
+    def device(self):
+        """The backend's device argument: "auto" (CUDA when PyTorch sees it) or "cpu"."""
+        return "auto" if self.use_gpu.value else "cpu"
+
+    def validate_backend(self):
+        """ValidationError (on the model setting) when the backend cannot be imported."""
+        try:
+            backend()
+        except ImportError as e:
+            raise ValidationError(str(e), self.model_choice)
+
+    def validate_model(self):
+        """ValidationError (on the model setting) unless the chosen model can be used."""
+        from nucleaizer_backend.errors import ModelFileError
+        from nucleaizer_backend.models.io import check_model_path
+
+        try:
+            check_model_path(self.model_path())
+        except ModelFileError as e:
+            raise ValidationError("Cannot use the model: %s" % e, self.model_setting())
+
+    def limit_gpu_memory(self):
+        """Apply the GPU memory share to this worker process, once (no-op on the CPU)."""
+        global _gpu_share_set
+        if not self.use_gpu.value or not hasattr(self, "gpu_memory_share"):
+            return
+        import torch
+
+        if not torch.cuda.is_available():
+            return
+        share = float(self.gpu_memory_share.value)
+        if _gpu_share_set == share:
+            return
+        from nucleaizer_backend.device import set_memory_fraction
+
+        set_memory_fraction(share, "cuda")
+        _gpu_share_set = share
+
+    def refuse_newer_revision(self, variable_revision_number):
+        """ValueError for settings saved by a newer version of the module than this one."""
+        if variable_revision_number > self.variable_revision_number:
+            raise ValueError(
+                "%s: the pipeline was saved by a newer version of this module (settings "
+                "revision %d; this version reads up to %d). Update the nucleAIzer plugins."
+                % (self.module_name, variable_revision_number, self.variable_revision_number)
+            )
+
+    def upgrade_settings(self, setting_values, variable_revision_number, module_name):
+        """Revision 1 is the first released layout; a module whose settings changed
+        overrides this with its conversion steps (and bumps ``variable_revision_number``)."""
+        self.refuse_newer_revision(variable_revision_number)
+        return setting_values, variable_revision_number
+
+    def volumetric(self):
+        return False
+
+    def prepare_to_create_batch(self, workspace, fn_alter_path):
+        """Map the model location to the cluster's file system for CreateBatchFiles."""
+        self.model_directory.alter_for_create_batch_files(fn_alter_path)
+        return True
