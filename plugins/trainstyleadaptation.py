@@ -395,9 +395,8 @@ model, e.g. ``adapted_\\g<Plate>``.""".format(
 
         self.use_gpu = use_gpu_setting(
             """\
-Select *Yes* to compute the automatic nucleus masks on an NVIDIA GPU (CUDA) when PyTorch can
-see one, else the CPU; *No* computes them on the CPU. (The training stages always use a
-CUDA GPU when there is one.)"""
+Select *Yes* to run the adaptation (automatic nucleus masks, style models, fine-tuning) on
+an NVIDIA GPU (CUDA) when PyTorch can see one, else the CPU; *No* always uses the CPU."""
         )
 
         self.advanced = Binary(
