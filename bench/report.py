@@ -86,23 +86,55 @@ def _style_adaptation(res):
                 "Not measured yet: `.venv/bin/python bench/style_adaptation.py` (resumable; "
                 "about 4 hours on a 2-core CPU, minutes on a GPU) writes "
                 "bench/results/style_adaptation.json.", ""]
-    names = {"base": "base (fluorescence train images only)",
-             "nostyle": "NOstyle (base + the same fine-tune steps, fluorescence only)",
+    names = {"base": "**NOstyle**: base (fluorescence train images only)",
+             "nostyle": "control: base + the same fine-tune steps, fluorescence only",
              "autostyle": "**AUTOstyle** (adapted to unannotated H&E train images)",
              "autostyle_transductive": "AUTOstyle, transductive (adapted to the H&E val images)",
              "gtstyle": "GTstyle (H&E train annotations as style masks)",
              "upper_bound": "upper bound (fine-tuned with annotated H&E train images)"}
+    sc = res["scores"]
+    n = next(iter(sc.values()))
     out = ["## Style adaptation (NOstyle / AUTOstyle / GTstyle)", "", _meta_line(res), "",
+           f"H&E as the new experiment: {n.get('n_he', '?')} H&E and {n.get('n_fluo', '?')} "
+           "fluorescence val images, automatic size, shipped post-processing values. Every "
+           "adaptation fine-tunes the base with replay of the fluorescence train images (no real "
+           "H&E image is trained on, except by the upper bound).", "",
            "| model | DSB H&E val | DSB fluo val |", "|---|---|---|"]
     for key, name in names.items():
-        sc = res["scores"].get(key)
-        if sc:
-            out.append(f"| {name} | {sc['dsb_he']:.3f} | {sc['dsb_fluo']:.3f} |")
+        if key in sc:
+            out.append(f"| {name} | {sc[key]['dsb_he']:.3f} | {sc[key]['dsb_fluo']:.3f} |")
     out += ["", "Adaptation runs: " + "; ".join(
         f"{k}: {v['images']} images, {v['styles']} styles, {v['synthetic']} synthetic pairs, "
         f"{sum(v['seconds'].values()) / 60:.0f} min" for k, v in res["adaptations"].items()),
         ""]
+    out += _style_goal(sc)
     return out
+
+
+def _style_goal(sc):
+    """The issue's goal, checked against NOstyle (the base) and against the fine-tuned
+    control: AUTOstyle >= +0.10 H&E DSB, at least half of the gap to the upper bound closed,
+    fluorescence down by at most 0.02."""
+    if not all(k in sc for k in ("base", "nostyle", "autostyle", "upper_bound")):
+        return []
+    auto = sc["autostyle"]
+    out = ["| goal | against NOstyle (base) | against the fine-tuned control |",
+           "|---|---|---|"]
+    rows = {"AUTOstyle H&E gain >= +0.10": [], "share of the gap to the upper bound closed "
+            ">= 50%": [], "fluorescence change >= -0.02": []}
+    for ref in ("base", "nostyle"):
+        gain = auto["dsb_he"] - sc[ref]["dsb_he"]
+        gap = sc["upper_bound"]["dsb_he"] - sc[ref]["dsb_he"]
+        share = gain / gap if gap > 0 else float("nan")
+        fluo = auto["dsb_fluo"] - sc[ref]["dsb_fluo"]
+        rows["AUTOstyle H&E gain >= +0.10"].append(
+            f"{gain:+.3f} ({'met' if gain >= 0.10 else 'not met'})")
+        rows["share of the gap to the upper bound closed >= 50%"].append(
+            f"{share:.0%} ({'met' if share >= 0.5 else 'not met'})")
+        rows["fluorescence change >= -0.02"].append(
+            f"{fluo:+.3f} ({'met' if fluo >= -0.02 else 'not met'})")
+    out += [f"| {k} | {v[0]} | {v[1]} |" for k, v in rows.items()]
+    return out + [""]
 
 
 def _ablation(abl):
