@@ -111,6 +111,22 @@ def _style_adaptation(res):
     return out
 
 
+def _adapt_speed(res):
+    if not res:
+        return []
+    stages = ", ".join(f"{k} {v / 60:.1f} min" if v >= 60 else f"{k} {v:.0f} s"
+                       for k, v in res["seconds_per_stage"].items())
+    per_style = ", ".join(f"{n} {k}" for k, n in res["per_style"].items())
+    return ["## Adaptation time (quick preset, 20 images)", "", _meta_line(res), "",
+            f"`adapt` of {res['images']} unannotated val images ({per_style}) with the shipped "
+            f"base model and replay set, {res['threads']} torch thread(s): "
+            f"**{res['wall_s'] / 60:.1f} min** (goal: within 60 min on a 2-core CPU); "
+            f"{res['styles']} styles ({res['styles_learned']} with a style model), "
+            f"{res['synthetic_pairs']} synthetic pairs, {res['finetune_steps']} fine-tune steps; "
+            f"peak memory {res['peak_rss_mb']:.0f} MB. Per stage: {stages}.",
+            "", "No GPU was available to this task, so the GPU time is not measured yet.", ""]
+
+
 def _style_goal(sc):
     """The issue's goal, checked against NOstyle (the base) and against the fine-tuned
     control: AUTOstyle >= +0.10 H&E DSB, at least half of the gap to the upper bound closed,
@@ -199,6 +215,7 @@ def render(results, references):
     out += _tuning(results.get("tuning"))
     out += _ablation(results.get("ablation"))
     out += _style_adaptation(results.get("style_adaptation"))
+    out += _adapt_speed(results.get("adapt_speed"))
     size = results.get("size")
     if size:
         p = size["ratio_percentiles"]

@@ -22,6 +22,9 @@ rebuilt from all stored results, so sections can be re-measured one at a time. N
   the honest estimate of what tuning on images of the same kind gives), the paper's values,
   no post-processing, and the values tuned on all val images, which are written to
   bench/results/tuned_postprocess.json for scripts/package_default_model.py.
+- adapt_speed: wall time per stage of a quick-preset ``adapt`` of 20 unannotated val images
+  (the first 12 H&E and 8 fluorescence ones in index order), as a user runs it (shipped base
+  model and replay set); peak resident memory of the process.
 - figures: docs/example_overlay.png, docs/f1_curve.png and docs/refinement_f1.png
   (bench/figures.py).
 """
@@ -300,6 +303,36 @@ def section_memory(model):
     return res
 
 
+ADAPT_SPEED_IMAGES = {"he": 12, "fluo": 8}  # val images, the first of each style
+
+
+def section_adapt_speed(model):
+    import resource
+    import tempfile
+
+    import torch
+
+    from nucleaizer_backend.style.adapt import AdaptConfig, adapt
+
+    val = index_rows("val")
+    rows = [r for style, n in ADAPT_SPEED_IMAGES.items()
+            for r in [r for r in val if r["style"] == style][:n]]
+    images = [DATA / "val" / "images" / f"{r['id']}.png" for r in rows]
+    threads = torch.get_num_threads()
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.time()
+        res = adapt(images, Path(tmp) / "adapted",
+                    config=AdaptConfig(base_model=model, preset="quick", threads=threads))
+        wall = time.time() - t0
+    out = {"images": len(images), "per_style": ADAPT_SPEED_IMAGES, "preset": "quick",
+           "threads": threads, "wall_s": wall, "seconds_per_stage": res.seconds,
+           "styles": res.n_clusters, "styles_learned": res.n_styles_learned,
+           "synthetic_pairs": res.synthetic_count, "finetune_steps": res.finetune_steps,
+           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    print(f"adapt_speed: {wall / 60:.1f} min for {len(images)} images")
+    return out
+
+
 def section_figures(model):
     from bench.figures import example_overlay, f1_curve, refinement_f1
 
@@ -312,7 +345,7 @@ def section_figures(model):
 
 SECTIONS = {"accuracy": section_accuracy, "size": section_size, "speed": section_speed,
             "memory": section_memory, "tuning": section_tuning, "ablation": section_ablation,
-            "figures": section_figures}
+            "adapt_speed": section_adapt_speed, "figures": section_figures}
 
 
 def load_results():
@@ -330,7 +363,12 @@ def main():
     ap.add_argument("--sections", default=",".join(SECTIONS))
     ap.add_argument("--model", help="model folder (default: the shipped one)")
     ap.add_argument("--report-only", action="store_true", help="rebuild BENCHMARKS.md only")
+    ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's, all cores)")
     args = ap.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     RESULTS.mkdir(parents=True, exist_ok=True)
     if not args.report_only:
         if not DATA.is_dir():
@@ -344,7 +382,8 @@ def main():
                             # > cores: other jobs shared the CPU, timings are inflated
                             "load_avg_1min": [round(load_before, 2),
                                               round(os.getloadavg()[0], 2)],
-                            "command": f"python bench/run_benchmarks.py --sections {name}",
+                            "command": f"python bench/run_benchmarks.py --sections {name}"
+                                       + (f" --threads {args.threads}" if args.threads else ""),
                             "model": args.model or "shipped default"}
             (RESULTS / f"{name}.json").write_text(json.dumps(res, indent=1))
     write_markdown(load_results())
