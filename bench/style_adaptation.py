@@ -18,7 +18,11 @@ the cosine schedule had reached) for the remaining steps.
 
 Models, all scored on the H&E and the fluorescence images of the val split (automatic size,
 shipped post-processing values):
-- base: Mask R-CNN trained with the shipped recipe on the fluorescence train images only;
+- base: all three networks trained with the shipped recipes on the fluorescence train images
+  only: Mask R-CNN (base, 4000 steps), preseg (preseg_fluo: the base fine-tuned 1200 steps
+  with scale augmentation; it makes AUTOstyle's masks and every model's size estimate) and
+  U-Net (unet_fluo, 1000 steps). No network of any model here has seen an H&E annotation,
+  except the upper bound's and GTstyle's style masks;
 - NOstyle: the base fine-tuned for the same number of steps as the adapted models, on the
   fluorescence train images only (so extra training alone is not mistaken for adaptation);
 - AUTOstyle: ``adapt`` on the unannotated H&E train images (preseg masks);
@@ -47,8 +51,10 @@ RESULTS = ROOT / "bench" / "results" / "style_adaptation.json"
 CARRIED_BASE = ROOT / "bench" / "models" / "style_base_fluo.safetensors"
 BASE_LR, BASE_WARMUP = 1.5e-3, 300
 
-STAGES = ("base", "nostyle", "autostyle", "gtstyle", "upper_bound", "autostyle_transductive",
-          "score")
+STAGES = ("base", "preseg_fluo", "unet_fluo", "nostyle", "upper_bound", "autostyle", "gtstyle",
+          "autostyle_transductive", "score")
+BASE_NETWORKS = ("base", "preseg_fluo", "unet_fluo")
+COMPLETE = ".complete"  # marks a model folder as fully written
 BASE_STEPS, FINETUNE_STEPS = 4000, 1000
 TINY = {"base_steps": 2, "finetune_steps": 2, "style_steps": 2, "images": 3, "val": 4,
         "synthetic": 1}
@@ -68,7 +74,7 @@ def label_path(r):
     return DATA / r["split"] / "labels" / f"{r['id']}.tif"
 
 
-def train_stage(name, steps, threads, **kwargs):
+def train_stage(name, steps, threads, kind="main", **kwargs):
     """Train (or resume) runs/style-bench/<name>; returns its last.safetensors."""
     from nucleaizer_backend.train.loop import TrainConfig, train
 
@@ -77,8 +83,8 @@ def train_stage(name, steps, threads, **kwargs):
     done = out / "done.json"
     if done.is_file():
         return last
-    cfg = TrainConfig(data=str(DATA / "train"), out=str(out), kind="main", steps=steps,
-                      threads=threads, checkpoint_every=250, **kwargs)
+    cfg = TrainConfig(data=str(DATA / "train"), out=str(out), kind=kind, steps=steps,
+                      threads=threads, device="cpu", checkpoint_every=250, **kwargs)
     t0 = time.time()
     train(cfg, resume=(out / "checkpoint.pt").is_file())
     done.write_text(json.dumps({"seconds_this_run": time.time() - t0}))
@@ -119,14 +125,42 @@ def base_stage(base_steps, threads, tiny):
                        warmup=min(BASE_WARMUP, base_steps), **val)
 
 
+def finished(name):
+    return (WORK / name / "done.json").is_file()
+
+
+def base_folder():
+    """runs/style-bench/models/base: the fluorescence-only main, preseg and U-Net networks,
+    with the shipped model's post-processing values."""
+    from nucleaizer_backend.models.io import (DEFAULT_MODEL_DIR, INFO_FILE, MAIN_FILE,
+                                              PRESEG_FILE, UNET_FILE)
+
+    folder = WORK / "models" / "base"
+    if (folder / COMPLETE).is_file():  # built once: an adaptation may be reading it
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    for run, file in zip(BASE_NETWORKS, (MAIN_FILE, PRESEG_FILE, UNET_FILE)):
+        shutil.copyfile(WORK / run / "last.safetensors", folder / file)
+    shipped = json.loads((DEFAULT_MODEL_DIR / INFO_FILE).read_text())
+    (folder / INFO_FILE).write_text(json.dumps({
+        "name": "style-bench-base",
+        "description": "style-adaptation benchmark base: main, preseg and U-Net trained on "
+                       "the DSB 2018 fluorescence train images only",
+        "postprocess": shipped["postprocess"]}, indent=1))
+    (folder / COMPLETE).touch()
+    return folder
+
+
 def model_folder(network, name):
-    """A model folder around a main network file (preseg/unet/post-processing: shipped)."""
-    from nucleaizer_backend.models.io import DEFAULT_MODEL_DIR, INFO_FILE, MAIN_FILE
+    """A model folder: main network ``network``, the base's preseg, U-Net and model.json."""
+    from nucleaizer_backend.models.io import MAIN_FILE
 
     folder = WORK / "models" / name
-    folder.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(network, folder / MAIN_FILE)
-    shutil.copyfile(DEFAULT_MODEL_DIR / INFO_FILE, folder / INFO_FILE)
+    if not (folder / COMPLETE).is_file():
+        shutil.copytree(WORK / "models" / "base", folder, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns(COMPLETE))
+        shutil.copyfile(network, folder / MAIN_FILE)
+        (folder / COMPLETE).touch()
     return folder
 
 
@@ -200,37 +234,50 @@ def main():
     if "base" in only:
         base = base_stage(base_steps, args.threads, args.tiny)
         timings["base"] = time.time() - t0
-    if not (WORK / "base" / "done.json").is_file():
+    if not finished("base"):
         sys.exit("the base network is not trained yet: run with --only base first")
-    models = {"base": model_folder(base, "base")}
     finetune = dict(init=str(base), lr=5e-4, warmup=min(20, ft_steps))
+    fluo = {"styles": ["fluo"]}
+    trainings = {  # name: (kind, steps, settings); the recipes of the shipped networks
+        "preseg_fluo": ("preseg", TINY["base_steps"] if args.tiny else 1200,
+                        dict(init=str(base), lr=5e-4, warmup=min(100, base_steps), **fluo)),
+        "unet_fluo": ("unet", TINY["base_steps"] if args.tiny else 1000,
+                      dict(batch_size=4, lr=1e-3, warmup=min(300, base_steps), **fluo)),
+        "nostyle": ("main", ft_steps, dict(finetune, **fluo)),
+        "upper_bound": ("main", ft_steps, finetune)}
     adaptations = {"autostyle": ([image_path(r) for r in he_train], None),
                    "autostyle_transductive": ([image_path(r) for r in he_val], None),
                    "gtstyle": ([image_path(r) for r in he_train],
                                {r["id"]: str(label_path(r)) for r in he_train})}
+    models = {}
     for name in STAGES[1:-1]:
+        base_ready = all(finished(n) for n in BASE_NETWORKS)
         if name in only:
             t0 = time.time()
             if name in adaptations:
-                res = adapt_stage(name, models["base"], *adaptations[name], args.threads,
-                                  args.tiny)
+                if not base_ready:
+                    sys.exit(f"{name} needs {', '.join(BASE_NETWORKS)} trained first")
+                res = adapt_stage(name, WORK / "models" / "base", *adaptations[name],
+                                  args.threads, args.tiny)
                 (WORK / name / "bench_info.json").write_text(json.dumps({
                     "seconds": res.seconds, "styles": res.n_clusters,
                     "synthetic": res.synthetic_count, "images": res.n_images}))
             else:
-                train_stage(name, ft_steps, args.threads, **finetune,
-                            **({"styles": ["fluo"]} if name == "nostyle" else {}))
+                kind, steps, settings = trainings[name]
+                train_stage(name, steps, args.threads, kind=kind, **settings)
             timings[name] = time.time() - t0
+        if name == "unet_fluo" and all(finished(n) for n in BASE_NETWORKS):
+            models["base"] = base_folder()
         if name in adaptations and (WORK / name / "model.json").is_file():
             models[name] = WORK / name
-        elif name not in adaptations and (WORK / name / "done.json").is_file():
+        elif name in ("nostyle", "upper_bound") and finished(name) and "base" in models:
             models[name] = model_folder(WORK / name / "last.safetensors", name)
     if "score" not in only:
         return
     scores = {name: score(name, folder, val, args.tiny) for name, folder in models.items()}
     for name, s in scores.items():
         print(f"{name}: H&E val DSB {s['dsb_he']:.3f}, fluo val DSB {s['dsb_fluo']:.3f}")
-    missing = [n for n in STAGES[:-1] if n not in scores]
+    missing = [n for n in ("base", "nostyle", "upper_bound", *adaptations) if n not in scores]
     if missing:
         print(f"not finished yet: {', '.join(missing)} (no results file written)")
         return
@@ -243,7 +290,7 @@ def main():
         "adaptations": {k: json.loads((WORK / k / "bench_info.json").read_text())
                         for k in adaptations},
         "training_seconds": {k: json.loads((WORK / k / "done.json").read_text())
-                             for k in ("base", "nostyle", "upper_bound")},
+                             for k in (*BASE_NETWORKS, "nostyle", "upper_bound")},
         "settings": {"base_steps": base_steps, "finetune_steps": ft_steps,
                      "preset": "quick", "replay": "DSB train, fluorescence only"},
         "_meta": {"machine": machine(), "measured": time.strftime("%Y-%m-%d %H:%M UTC",
