@@ -3,8 +3,14 @@ the "new experiment" the base model has never seen.
 
     .venv/bin/python bench/style_adaptation.py [--threads 2] [--tiny]
     .venv/bin/python bench/style_adaptation.py --export-base   # before a session ends
-    # two lanes on a 2-core machine (one thread each; then one last run writes the results):
-    .venv/bin/python bench/style_adaptation.py --threads 1 --only nostyle,autostyle,...
+
+On a 2-core CPU it ran as two one-thread lanes after the base (each --only stage is its own
+command; a stage refuses to start before what it needs is there), then one scoring run:
+
+    B=".venv/bin/python bench/style_adaptation.py --threads 1 --only"
+    ($B preseg_fluo && $B autostyle && $B autostyle_transductive) &
+    ($B unet_fluo && $B nostyle && $B upper_bound && $B gtstyle) &
+    wait; .venv/bin/python bench/style_adaptation.py --only score
 
 Resumable: every stage writes into runs/style-bench/ and is skipped when done, so re-running
 the command continues (training stages resume from their checkpoints). Results go to
