@@ -80,6 +80,35 @@ def export(*object_names, directory="Default Output Folder|"):
     return m
 
 
+def outline_overlay(objects_name, overlay_name, colour, suffix, folder):
+    """OverlayOutlines of ``objects_name`` on the original image + SaveImages of the overlay
+    as <image>``suffix``.png in the Default Output Folder's sub-folder ``folder``."""
+    overlay = module(
+        "OverlayOutlines",
+        image_name="Original",
+        output_image_name=overlay_name,
+        line_mode="Inner",
+        wants_color="Color",
+        max_type="Max possible",
+    )
+    overlay.outlines[0].objects_name.value = objects_name
+    overlay.outlines[0].color.value = colour
+    save = module(
+        "SaveImages",
+        save_image_or_figure="Image",
+        image_name=overlay_name,
+        file_name_method="From image filename",
+        file_image_name="Original",
+        wants_file_name_suffix=True,
+        file_name_suffix=suffix,
+        file_format="png",
+        bit_depth="8-bit integer",
+        pathname="Default Output Folder sub-folder|" + folder,
+        overwrite=True,
+    )
+    return [overlay, save]
+
+
 def segment_and_measure():
     """Nuclei (automatic size) -> cells -> shape/intensity -> overlays, label TIFFs, CSVs."""
     mods = input_modules()
@@ -117,32 +146,7 @@ def segment_and_measure():
     intensity.images_list.value = "DNA"
     intensity.objects_list.value = "Nuclei"
     mods.append(intensity)
-    overlay = module(
-        "OverlayOutlines",
-        image_name="Original",
-        output_image_name="NucleiOverlay",
-        line_mode="Inner",
-        wants_color="Color",
-        max_type="Max possible",
-    )
-    overlay.outlines[0].objects_name.value = "Nuclei"
-    overlay.outlines[0].color.value = "Yellow"
-    mods.append(overlay)
-    mods.append(
-        module(
-            "SaveImages",
-            save_image_or_figure="Image",
-            image_name="NucleiOverlay",
-            file_name_method="From image filename",
-            file_image_name="Original",
-            wants_file_name_suffix=True,
-            file_name_suffix="_overlay",
-            file_format="png",
-            bit_depth="8-bit integer",
-            pathname="Default Output Folder sub-folder|overlays",
-            overwrite=True,
-        )
-    )
+    mods += outline_overlay("Nuclei", "NucleiOverlay", "Yellow", "_overlay", "overlays")
     mods.append(
         module(
             "ConvertObjectsToImage",
@@ -184,32 +188,7 @@ def size_estimation_qc():
             objects_name="PresegNuclei",
         )
     )
-    overlay = module(
-        "OverlayOutlines",
-        image_name="Original",
-        output_image_name="PresegOverlay",
-        line_mode="Inner",
-        wants_color="Color",
-        max_type="Max possible",
-    )
-    overlay.outlines[0].objects_name.value = "PresegNuclei"
-    overlay.outlines[0].color.value = "Cyan"
-    mods.append(overlay)
-    mods.append(
-        module(
-            "SaveImages",
-            save_image_or_figure="Image",
-            image_name="PresegOverlay",
-            file_name_method="From image filename",
-            file_image_name="Original",
-            wants_file_name_suffix=True,
-            file_name_suffix="_size_qc",
-            file_format="png",
-            bit_depth="8-bit integer",
-            pathname="Default Output Folder sub-folder|size_qc",
-            overwrite=True,
-        )
-    )
+    mods += outline_overlay("PresegNuclei", "PresegOverlay", "Cyan", "_size_qc", "size_qc")
     mods.append(export())
     return mods
 
