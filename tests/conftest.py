@@ -23,6 +23,7 @@ except ImportError:  # pragma: no cover - torch is a hard dependency of the back
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "example_images"
+PLUGINS = REPO / "plugins"
 
 
 @pytest.fixture(scope="session")
@@ -45,6 +46,42 @@ def cpu_model():
     from nucleaizer_backend.models.io import load_model
 
     return load_model(None, torch.device("cpu"))
+
+
+@pytest.fixture(scope="session")
+def cellprofiler():
+    """Real CellProfiler, headless, with this repository's plugins loaded (no JVM: the
+    ``cp`` fixture of test_cp_modules starts it for image loading). A namespace of the
+    CellProfiler classes the tests use."""
+    import types
+    import warnings
+
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    import cellprofiler_core.preferences as prefs
+
+    prefs.set_headless()
+    prefs.set_plugin_directory(str(PLUGINS))
+    from cellprofiler_core.image import Image, ImageSetList
+    from cellprofiler_core.measurement import Measurements
+    from cellprofiler_core.object import Objects, ObjectSet
+    from cellprofiler_core.pipeline import Pipeline
+    from cellprofiler_core.setting import ValidationError
+    from cellprofiler_core.utilities.core.modules import (
+        fill_modules,
+        get_module_names,
+        instantiate_module,
+    )
+    from cellprofiler_core.workspace import Workspace
+
+    ours = ("SegmentNucleiStyleAdapted", "EstimateNucleusSize", "TrainStyleAdaptation")
+    if not all(name in get_module_names() for name in ours):
+        fill_modules()
+    for name in ours:
+        assert name in get_module_names(), f"plugin {name} failed to load"
+    return types.SimpleNamespace(
+        Image=Image, ImageSetList=ImageSetList, Measurements=Measurements, Objects=Objects,
+        ObjectSet=ObjectSet, Pipeline=Pipeline, Workspace=Workspace,
+        ValidationError=ValidationError, instantiate_module=instantiate_module, prefs=prefs)
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ import pathlib
 import shutil
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -32,43 +31,12 @@ DIAMETER = {FLUO: 17.9, HE: 20.4}
 
 
 @pytest.fixture(scope="session")
-def cp():
-    """CellProfiler set up headless with the plugins folder, and the JVM its image loader
-    needs. Yields a small namespace of the CellProfiler classes the tests use."""
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    import cellprofiler_core.preferences as prefs
-
-    prefs.set_headless()
-    prefs.set_plugin_directory(str(PLUGINS))
-    from cellprofiler_core.utilities.core.modules import (
-        fill_modules,
-        get_module_names,
-        instantiate_module,
-    )
-
-    if "SegmentNucleiStyleAdapted" not in get_module_names():
-        fill_modules()
-    assert "SegmentNucleiStyleAdapted" in get_module_names(), "plugin failed to load"
-    assert "EstimateNucleusSize" in get_module_names(), "plugin failed to load"
+def cp(cellprofiler):
+    """CellProfiler (conftest's ``cellprofiler``) plus the JVM its image loader needs."""
     from cellprofiler_core.utilities.java import start_java, stop_java
 
     start_java()
-
-    class CP:
-        pass
-
-    from cellprofiler_core.image import Image, ImageSetList
-    from cellprofiler_core.measurement import Measurements
-    from cellprofiler_core.object import ObjectSet
-    from cellprofiler_core.pipeline import Pipeline
-    from cellprofiler_core.setting import ValidationError
-    from cellprofiler_core.workspace import Workspace
-
-    ns = CP()
-    ns.Image, ns.ImageSetList, ns.Measurements = Image, ImageSetList, Measurements
-    ns.ObjectSet, ns.Pipeline, ns.Workspace = ObjectSet, Pipeline, Workspace
-    ns.ValidationError, ns.instantiate_module = ValidationError, instantiate_module
-    yield ns
+    yield cellprofiler
     stop_java()  # (without it the JVM keeps the process alive at exit)
 
 

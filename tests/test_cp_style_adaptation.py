@@ -21,7 +21,6 @@ import os
 import shutil
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -52,39 +51,9 @@ TINY = dict(
 
 
 @pytest.fixture(scope="session")
-def cpm():
-    """CellProfiler set up headless with the plugins folder (no JVM needed here)."""
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    import cellprofiler_core.preferences as prefs
-
-    prefs.set_headless()
-    prefs.set_plugin_directory(str(PLUGINS))
-    from cellprofiler_core.utilities.core.modules import (
-        fill_modules,
-        get_module_names,
-        instantiate_module,
-    )
-
-    if "TrainStyleAdaptation" not in get_module_names():
-        fill_modules()
-    assert "TrainStyleAdaptation" in get_module_names(), "plugin failed to load"
-
-    class CP:
-        pass
-
-    from cellprofiler_core.image import Image, ImageSetList
-    from cellprofiler_core.measurement import Measurements
-    from cellprofiler_core.object import Objects, ObjectSet
-    from cellprofiler_core.pipeline import Pipeline
-    from cellprofiler_core.setting import ValidationError
-    from cellprofiler_core.workspace import Workspace
-
-    ns = CP()
-    ns.Image, ns.ImageSetList, ns.Measurements = Image, ImageSetList, Measurements
-    ns.Objects, ns.ObjectSet, ns.Pipeline, ns.Workspace = Objects, ObjectSet, Pipeline, Workspace
-    ns.ValidationError, ns.instantiate_module = ValidationError, instantiate_module
-    ns.prefs = prefs
-    return ns
+def cpm(cellprofiler):
+    """CellProfiler with the plugins (conftest's ``cellprofiler``; no JVM needed here)."""
+    return cellprofiler
 
 
 def train_module(cpm, **settings):
