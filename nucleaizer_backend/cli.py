@@ -143,16 +143,19 @@ def cmd_adapt(args):
                       synthetic_share=args.synthetic_share, finetune_steps=args.steps,
                       replay_data=args.replay_data,
                       replay_styles=args.replay_styles.split(",") if args.replay_styles else None,
-                      seed=args.seed, threads=args.threads, device=args.device)
+                      iterations=args.iterations, masks_from=args.masks_from,
+                      min_reliable_share=args.min_reliable_share, seed=args.seed, threads=args.threads, device=args.device)
     annotations = _annotation_files(args.annotations) if args.annotations else None
     bar = _progress_bar(1, "adapt")
     state = {"stage": None}
 
     def progress(stage, done, total, info):
-        if stage != state["stage"]:
-            state["stage"] = stage
+        label = stage if "round" not in info else (  # iterations > 1
+            f"round {info['round']}/{info['rounds']}: {stage}")
+        if label != state["stage"]:
+            state["stage"] = label
             bar.reset(total=total)
-            bar.set_description(f"adapt: {stage}")
+            bar.set_description(f"adapt: {label}")
             bar.unit = "step" if stage in ("styles", "finetune") else "it"
         bar.n = done
         if "loss" in info:
@@ -355,6 +358,15 @@ def build_parser():
                    "the fine-tune (default: the replay set shipped with the package)")
     a.add_argument("--replay-styles", help="use only these styles of --replay-data (comma-"
                    "separated, from its index.csv), e.g. fluo")
+    a.add_argument("--iterations", type=int, default=1,
+                   help="rounds of adaptation; rounds 2+ take their masks from the previous "
+                        "round's model (default 1)")
+    a.add_argument("--masks-from", choices=["preseg", "model"], default="preseg",
+                   help="masks of unannotated images: the base model's preseg network (default) "
+                        "or its full segmentation")
+    a.add_argument("--min-reliable-share", type=float, default=0.5,
+                   help="a style is learned only when at least this share of its images has "
+                        "masks with >= 5 nuclei (default 0.5; 0: no check)")
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--threads", type=int, help="CPU threads for torch")
     a.add_argument("--model", help="base model folder or main .safetensors file "

@@ -242,6 +242,62 @@ def test_far_small_style_is_skipped_and_reported(tmp_path, example_images_dir):
     assert [st["learned"] for st in styles] == [True, False]
 
 
+def test_style_with_unreliable_masks_is_skipped(tmp_path, example_images_dir):
+    """Automatic masks with fewer than size.MIN_NUCLEI nuclei (small crops holding a nucleus
+    or two) are unreliable: they are left out of their style's model, and a style with too
+    few reliable images gets none (the error names the reason); min_reliable_share 0 turns
+    the check off."""
+    fluo = read_image(example_images_dir / "images" / "fluo_0e5edb072788.png")
+    he = read_image(example_images_dir / "images" / "fluo_ce88df7356d9.png")
+    crops = [("crop_a", fluo[:48, :48]), ("crop_b", fluo[100:148, 100:148])]
+    full = [("full_a", fluo), ("full_b", he)]
+    one_style = dict(min_cluster_size=2, max_clusters=1, synthetic_per_cluster=1)
+    res = adapt(full + crops, tmp_path / "half", config=tiny(**one_style))
+    style = read_info(tmp_path / "half")["adaptation"]["clusters"]["styles"][0]
+    assert style["learned"] and sorted(style["mask_images"]) == ["full_a", "full_b"]
+    assert res.n_styles_learned == 1
+    with pytest.raises(NucleaizerError, match="reliable masks in only 0 of its 2 images"):
+        adapt(crops, tmp_path / "crops", config=tiny(**one_style))
+    adapt(crops, tmp_path / "unchecked", config=tiny(min_reliable_share=0, **one_style))
+    style = read_info(tmp_path / "unchecked")["adaptation"]["clusters"]["styles"][0]
+    assert style["learned"] and sorted(style["mask_images"]) == ["crop_a", "crop_b"]
+
+
+def test_masks_from_the_model_and_two_iterations(tmp_path, example_images_dir):
+    """masks_from="model" takes the masks from the base model's full segmentation (its
+    labels, as segment_image gives them); iterations=2 adapts round 2 from round 1's model
+    with such masks and copies the last round's model into the output folder."""
+    images = example_images_dir / "images"
+    names = ["fluo_0e5edb072788", "fluo_ce88df7356d9", "he_420f43d21dba", "he_4d14a3629b6a"]
+    files = [images / f"{n}.png" for n in names]
+    out = tmp_path / "m"
+    rec = Recorder()
+    result = adapt(files, out, config=tiny(iterations=2), progress=rec)
+    assert result.model_dir == out
+    rounds = [out / "work" / "round_1", out / "work" / "round_2"]
+    info1, info2 = read_info(rounds[0]), read_info(rounds[1])
+    assert {r["masks_from"] for r in info1["adaptation"]["masks"].values()} == {"preseg"}
+    assert {r["masks_from"] for r in info2["adaptation"]["masks"].values()} == {"model"}
+    assert info2["adaptation"]["base_model"]["path"] == str(rounds[0])
+    # round 2's masks are round 1's model's segmentation of each image
+    n = names[0]
+    expected = segment_image(read_image(images / f"{n}.png"), model=rounds[0], device="cpu")
+    stored = read_labels(rounds[1] / "work" / "masks" / f"{n}.tif")
+    assert np.array_equal(stored > 0, expected.labels > 0)
+    # the output folder is round 2's model, and says so
+    assert (out / MAIN_FILE).read_bytes() == (rounds[1] / MAIN_FILE).read_bytes()
+    info = read_info(out)
+    assert [r["round"] for r in info["adaptation"]["iterations"]] == [1, 2]
+    assert info["adaptation"]["original_base_model"]["name"] == "nucleaizer-default"
+    assert {c[3].get("round") for c in rec.calls} == {1, 2}
+    load_model(out, "cpu")
+    # a finished run resumes without work, and the round count is part of the job
+    again = adapt(files, out, config=tiny(iterations=2))
+    assert set(again.resumed) == set(STAGES)
+    with pytest.raises(NucleaizerError, match="2-round adaptation"):
+        adapt(files, out, config=tiny(iterations=3))
+
+
 # ----------------------------------------------------------------------------- user errors
 
 @pytest.fixture
@@ -337,6 +393,9 @@ def test_error_base_model_without_main_network(tmp_path, two_images):
     (dict(preset="slow"), "unknown preset"),
     (dict(synthetic_per_cluster=0), "synthetic_per_cluster must be at least 1"),
     (dict(replay_data="/nonexistent/replay"), "replay data folder not found"),
+    (dict(masks_from="cellpose"), "masks_from must be one of preseg, model"),
+    (dict(min_reliable_share=1.5), "min_reliable_share must be within 0-1"),
+    (dict(iterations=0), "iterations must be at least 1"),
 ])
 def test_error_settings(tmp_path, two_images, kw, match):
     with pytest.raises(NucleaizerError, match=match):

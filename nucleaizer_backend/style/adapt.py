@@ -67,7 +67,7 @@ import json
 import re
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -89,6 +89,8 @@ PRESETS = {
                  style_checkpoint_every=500),
 }
 SYNTHETIC_SHARE_RANGE = (0.1, 0.5)
+MASK_SOURCES = ("preseg", "model")
+ROUNDS_FILE = "rounds.json"  # out/work/rounds.json: the job of a multi-round adaptation
 SHEET_COLUMNS = 3  # real images, synthetic images, synthetic with outlines: 3 of each
 SHEET_TILE = 256  # px (native scale) shown of each image
 SHEET_DPI = 110  # a 1.6 inch tile: 176 px
@@ -123,6 +125,16 @@ class AdaptConfig:
     learning rate (quick 2e-3: a few hundred steps at pix2pix's 2e-4 leave fluorescence
     backgrounds gray, see the module doc; full 2e-4, pix2pix's); style_crop,
     style_architecture (a Pix2PixConfig dict), style_checkpoint_every: the style models;
+    masks_from: where unannotated images' masks come from: "preseg" (the base model's
+    size-robust preseg network, the paper's choice) or "model" (the base model's full
+    segmentation: main network at the preseg-estimated size, refined);
+    min_reliable_share: a style gets a style model only when at least this share of its
+    images has reliable masks (annotations, or at least size.MIN_NUCLEI nuclei found); its
+    other images are left out of its style model and statistics (a pix2pix model trained on
+    masks that miss most nuclei learns to paint nuclei that no mask labels). 0: no check;
+    iterations: rounds of adaptation; round r >= 2 takes its masks from round r-1's adapted
+    model (masks_from "model") and fine-tunes that model further, so styles that the base
+    model could not segment well enough in round 1 can be learned in a later round;
     seed: all random choices; threads: torch CPU threads (None: torch's default); device: where
     every stage runs ("auto": CUDA when present, "cpu", "cuda").
     """
@@ -150,6 +162,9 @@ class AdaptConfig:
     style_crop: int = 256
     style_architecture: dict = None
     style_checkpoint_every: int = None
+    masks_from: str = "preseg"
+    min_reliable_share: float = 0.5
+    iterations: int = 1
     seed: int = 0
     threads: int = None
     device: str = "auto"
@@ -173,6 +188,14 @@ class AdaptConfig:
                 raise NucleaizerError(f"{k} must be at least 1 (got {s[k]})")
         if s["style_steps"] is not None and int(s["style_steps"]) < 1:
             raise NucleaizerError(f"style_steps must be at least 1 (got {s['style_steps']})")
+        if s["masks_from"] not in MASK_SOURCES:
+            raise NucleaizerError(f"masks_from must be one of {', '.join(MASK_SOURCES)} "
+                                  f"(got {s['masks_from']!r})")
+        if not 0.0 <= float(s["min_reliable_share"]) <= 1.0:
+            raise NucleaizerError("min_reliable_share must be within 0-1 (got "
+                                  f"{s['min_reliable_share']})")
+        if int(s["iterations"]) < 1:
+            raise NucleaizerError(f"iterations must be at least 1 (got {s['iterations']})")
         if not 0.0 <= float(s["real_fraction"]) <= 1.0:
             raise NucleaizerError(f"real_fraction must be within 0-1 (got {s['real_fraction']})")
         if s["replay_data"] is not None:
@@ -184,7 +207,7 @@ class AdaptConfig:
 
 # Which stage each setting first affects (a change is accepted while that stage is untouched).
 _SETTING_STAGE = {
-    "base_model": "masks",
+    "base_model": "masks", "masks_from": "masks", "min_reliable_share": "cluster",
     "min_cluster_size": "cluster", "max_clusters": "cluster", "max_merge_distance": "cluster",
     "preset": "styles", "style_steps": "styles", "style_lr": "styles", "style_crop": "styles",
     "style_architecture": "styles", "style_checkpoint_every": "styles",
@@ -489,10 +512,33 @@ def _check_out(work, job, base_dir):
 
 # ----------------------------------------------------------------------------- stages
 
+def _auto_mask(image, s, base_path):
+    """Labels of an unannotated image (from the base model's preseg network or its full
+    segmentation, ``s["masks_from"]``) and what to record about them."""
+    from ..segment import estimate_size, segment_image
+
+    if s["masks_from"] == "model":
+        r = segment_image(image, model=base_path, device=s["device"])
+        est, labels = r.size_estimate, r.labels
+    else:
+        est = estimate_size(image, model=base_path, device=s["device"], return_labels=True)
+        labels = est.labels
+    return labels, {"source": "AUTO", "masks_from": s["masks_from"],
+                    "preseg_diameter_px": float(est.median_diameter),
+                    "preseg_reliable": bool(est.reliable)}
+
+
+def _mask_reliable(rec):
+    """Whether an image's mask can teach a style: annotations always; automatic masks when
+    they hold at least size.MIN_NUCLEI nuclei."""
+    from ..size import MIN_NUCLEI
+
+    return rec["source"] == "GT" or rec["nuclei"] >= MIN_NUCLEI
+
+
 def _stage_masks(work, targets, annotations, s, base_path, report):
     from ..imageio_utils import write_labels
     from ..labels import equivalent_diameters
-    from ..segment import estimate_size
 
     mask_dir = work.dir / "masks"
     mask_dir.mkdir(parents=True, exist_ok=True)
@@ -505,14 +551,11 @@ def _stage_masks(work, targets, annotations, s, base_path, report):
             if t.name in annotations:
                 labels, rec = annotations[t.name], {"source": "GT"}
             else:
-                est = estimate_size(t.read(), model=base_path, device=s["device"],
-                                    return_labels=True)
-                labels = est.labels
-                rec = {"source": "AUTO", "preseg_diameter_px": float(est.median_diameter),
-                       "preseg_reliable": bool(est.reliable)}
+                labels, rec = _auto_mask(t.read(), s, base_path)
             d = equivalent_diameters(labels)
             rec.update(nuclei=int(len(d)),
                        median_diameter_px=float(np.median(d)) if len(d) else None)
+            rec["reliable"] = _mask_reliable(rec)
             tmp = mask_dir / f"{t.file}.tmp.tif"
             write_labels(tmp, np.asarray(labels).astype(np.uint32 if labels.max() >= 65535
                                                          else np.uint16))
@@ -551,19 +594,31 @@ def _stage_cluster(work, targets, s, report):
     for k in range(clusters.n_styles):
         names = [t.name for t, a in zip(targets, clusters.assignment) if a == k]
         nuclei = sum(masks[n]["nuclei"] for n in names)
+        min_share = float(s["min_reliable_share"])
+        reliable = [n for n in names if masks[n].get("reliable", _mask_reliable(masks[n]))]
+        if min_share == 0:  # no check: every image teaches its style
+            reliable = names
+        share = len(reliable) / len(names) if names else 0.0
         reason = None
         if k in clusters.skipped:
             reason = f"fewer than {s['min_cluster_size']} images"
         elif nuclei == 0:
             reason = "no nuclei in its masks"
             report_lines.append(f"style {k}: no nuclei found in its masks: skipped")
+        elif not reliable or share < min_share:
+            reason = (f"reliable masks in only {len(reliable)} of its {len(names)} images "
+                      f"(below min_reliable_share {min_share:g})")
+            report_lines.append(f"style {k}: {reason}: skipped (a further iteration may "
+                                "find its nuclei)")
         styles.append({"style": k, "images": names, "size": len(names), "nuclei": nuclei,
-                       "learned": reason is None, "skip_reason": reason})
+                       "mask_images": reliable, "learned": reason is None, "skip_reason": reason})
     if not any(st["learned"] for st in styles):
-        raise NucleaizerError(
-            f"no style can be learned: {'; '.join(report_lines)}. Give more images (at least "
-            f"min_cluster_size = {s['min_cluster_size']} of a style) or a smaller "
-            "min_cluster_size")
+        advice = (f"Give more images (at least min_cluster_size = {s['min_cluster_size']} of a "
+                  "style) or a smaller min_cluster_size")
+        if any("reliable" in (st["skip_reason"] or "") for st in styles):
+            advice += ("; where the base model finds too few nuclei, give annotations for some "
+                       "images or a smaller min_reliable_share")
+        raise NucleaizerError(f"no style can be learned: {'; '.join(report_lines)}. {advice}")
     report("cluster", len(targets) + 1, len(targets) + 1, {"styles": clusters.n_styles})
     return {"styles": styles, "assignment": {t.name: int(a) for t, a in
                                              zip(targets, clusters.assignment)},
@@ -571,6 +626,11 @@ def _stage_cluster(work, targets, s, report):
             "kmeans_k": clusters.kmeans_k, "report": report_lines,
             "feature_names": FEATURE_NAMES,
             "features": {t.name: f for t, f in zip(targets, features)}}
+
+
+def _mask_images(style):
+    """The images of a style whose masks teach its style model and statistics."""
+    return style.get("mask_images", style["images"])
 
 
 def _style_dir(work, k):
@@ -590,7 +650,7 @@ def _stage_styles(work, targets, s, report):
 
     by_name = {t.name: t for t in targets}
     learned = [st for st in work.done("cluster")["styles"] if st["learned"]]
-    plan = [(st, _style_steps(s, st["size"])) for st in learned]
+    plan = [(st, _style_steps(s, len(_mask_images(st)))) for st in learned]
     total, before, runs = sum(n for _, n in plan), 0, []
     for st, steps in plan:
         k, run_dir = st["style"], _style_dir(work, st["style"])
@@ -598,7 +658,7 @@ def _stage_styles(work, targets, s, report):
         finished = gen.is_file() and read_network_meta(gen).get("steps") == steps
         if not finished:
             pairs = [(raw_image_to_unit(by_name[n].read()), _read_mask(work, by_name[n]))
-                     for n in st["images"]]
+                     for n in _mask_images(st)]
             cfg = StyleTrainConfig(steps=steps, crop=s["style_crop"], lr=float(s["style_lr"]),
                                    seed=s["seed"] + k,
                                    threads=s["threads"], device=s["device"],
@@ -612,7 +672,7 @@ def _stage_styles(work, targets, s, report):
         before += steps
         report("styles", before, total, {"style": k})
         log = [r for r in _read_jsonl(run_dir / "log.jsonl") if "loss_g_l1" in r]
-        runs.append({"style": k, "images": st["size"], "steps": steps,
+        runs.append({"style": k, "images": len(_mask_images(st)), "steps": steps,
                      "final_loss_g_l1": log[-1]["loss_g_l1"] if log else None,
                      "sec_per_step": float(np.mean([r["sec_per_step"] for r in log]))
                      if log else None})
@@ -650,7 +710,7 @@ def _stage_synthesize(work, targets, s, report):
     shape_db = default_shape_db() if s["real_fraction"] > 0 else None
     for st in learned:
         k = st["style"]
-        stats = measure_nuclei([_read_mask(work, by_name[n]) for n in st["images"]])
+        stats = measure_nuclei([_read_mask(work, by_name[n]) for n in _mask_images(st)])
         shape = _synthetic_shape(stats, s)
         generator, _ = load_style_model(_style_dir(work, k), resolve_device(s["device"]))
         made = 0
@@ -896,6 +956,74 @@ def adapt(images, out, annotations=None, config=None, progress=None):
     Raises NucleaizerError (InputImageError, ModelFileError) for what a user can fix.
     """
     cfg = config or AdaptConfig()
+    if int(cfg.resolved()["iterations"]) > 1:
+        return _adapt_rounds(images, out, annotations, cfg, progress)
+    return _adapt_round(images, out, annotations, cfg, progress)
+
+
+def _adapt_rounds(images, out, annotations, cfg, progress):
+    """``cfg.iterations`` rounds: round r is a one-round adaptation in out/work/round_<r>
+    of the previous round's model (round 1: of the base model), with masks from that model
+    from round 2 on; the last round's model is then copied into ``out``."""
+    n = int(cfg.iterations)
+    out = Path(out).expanduser().resolve()
+    work = out / WORK_DIR
+    if (work / JOB_FILE).is_file():
+        raise NucleaizerError(f"{out} holds a one-round adaptation: choose another folder for "
+                              f"{n} iterations, or continue it with iterations=1")
+    if out.exists() and any(out.iterdir()) and not (work / ROUNDS_FILE).is_file():
+        raise NucleaizerError(f"{out} holds something else (not an adaptation): choose a new or "
+                              "empty folder for the adapted model")
+    job = {"iterations": n, "base_model": cfg.base_model}
+    old = json.loads((work / ROUNDS_FILE).read_text()) if (work / ROUNDS_FILE).is_file() else {}
+    if old and old.get("iterations") != n:
+        raise NucleaizerError(f"{out} holds a {old.get('iterations')}-round adaptation: re-run "
+                              f"with iterations={old.get('iterations')}, or choose another folder")
+    _write_json(work / ROUNDS_FILE, job)
+    base, rounds = cfg.base_model, []
+    for r in range(1, n + 1):
+        round_cfg = replace(cfg, base_model=base, iterations=1,
+                            masks_from=cfg.masks_from if r == 1 else "model",
+                            seed=cfg.seed + r - 1)
+
+        def round_progress(stage, done, total, info, r=r):
+            if progress:
+                progress(stage, done, total, {**info, "round": r, "rounds": n})
+
+        res = _adapt_round(images, work / f"round_{r}", annotations, round_cfg, round_progress)
+        rounds.append(res)
+        base = str(res.model_dir)
+    return _finish_rounds(out, rounds, cfg)
+
+
+def _finish_rounds(out, rounds, cfg):
+    """Copy the last round's model folder into ``out``; model.json lists every round."""
+    from ..models.io import INFO_FILE
+
+    last = rounds[-1]
+    for f in Path(last.model_dir).iterdir():
+        if f.is_file():
+            shutil.copyfile(f, out / f.name)
+    info = json.loads((out / INFO_FILE).read_text())
+    first = json.loads((Path(rounds[0].model_dir) / INFO_FILE).read_text())
+    info["adaptation"]["iterations"] = [
+        {"round": i, "folder": str(r.model_dir), "styles": r.n_clusters,
+         "styles_learned": r.n_styles_learned, "synthetic_pairs": r.synthetic_count,
+         "skipped_images": len(r.skipped), "seconds": r.seconds}
+        for i, r in enumerate(rounds, start=1)]
+    info["adaptation"]["original_base_model"] = first["adaptation"]["base_model"]
+    info["base_model_info"] = first.get("base_model_info", {})
+    _write_json(out / INFO_FILE, info)
+    seconds = {}
+    for r in rounds:
+        for k, v in r.seconds.items():
+            seconds[k] = seconds.get(k, 0.0) + v
+    return replace(last, model_dir=out, seconds=seconds,
+                          style_sheet=out / SHEET_FILE, training_curve=out / CURVE_FILE)
+
+
+def _adapt_round(images, out, annotations, cfg, progress):
+    """One round of adaptation (the six stages) into ``out``; returns AdaptResult."""
     s = cfg.resolved()
     if s["threads"]:
         import torch
