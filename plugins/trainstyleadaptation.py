@@ -54,6 +54,7 @@ PRESETS = {PRESET_QUICK: "quick", PRESET_FULL: "full"}
 DEFAULT_SYNTHETIC_PER_STYLE = 20
 DEFAULT_SYNTHETIC_SHARE = 0.3
 DEFAULT_MIN_IMAGES_PER_STYLE = 3
+DEFAULT_ROUNDS = 1
 
 # Where an adaptation writes its picture of real vs synthetic images, and its description.
 SHEET_FILE = "style_sheet.png"
@@ -249,13 +250,16 @@ class _ProgressLog:
 
     def __call__(self, stage, done, total, info):
         now = time.monotonic()
+        stage = (info.get("round"), stage)
         new = stage != self.stage
         if (stage, done) == self.shown or not (
             new or done >= total or now - self.last >= self.every
         ):
             return
         self.stage, self.last, self.shown = stage, now, (stage, done)
-        name = STAGE_NAMES.get(stage, stage)
+        name = STAGE_NAMES.get(stage[1], stage[1])
+        if "round" in info:  # more than one adaptation round
+            name = "round %d of %d: %s" % (info["round"], info["rounds"], name)
         if info.get("resumed"):
             LOGGER.info("%s: %s: finished in an earlier run", self.prefix, name)
             return
@@ -272,7 +276,7 @@ class TrainStyleAdaptation(NucleaizerModule, Module):
 
     module_name = "TrainStyleAdaptation"
 
-    variable_revision_number = 1
+    variable_revision_number = 2
 
     doi = {
         "Please cite nucleAIzer when using TrainStyleAdaptation:": NUCLEAIZER_DOI,
@@ -469,6 +473,21 @@ A style found in fewer images than this is merged into the nearest style (or lef
 a style model and reported as skipped). Lower it when the group has very few images.""",
         )
 
+        self.rounds = Integer(
+            "Adaptation rounds",
+            DEFAULT_ROUNDS,
+            minval=1,
+            doc="""\
+*(Used only with advanced settings)*
+
+How many times to adapt. Round 1 learns the styles from the base model's automatic masks;
+each further round takes its masks from the previous round's adapted model (which finds
+the nuclei of the new style better) and adapts that model again. A style whose images'
+masks hold too few nuclei in a round (fewer than 5 in most of its images) gets no style
+model in that round and is reported; a further round may learn it. Each round costs about
+as much time as the first.""",
+        )
+
     def settings(self):
         return [
             self.image_name,
@@ -488,6 +507,7 @@ a style model and reported as skipped). Lower it when the group has very few ima
             self.finetune_steps,
             self.style_steps,
             self.min_images_per_style,
+            self.rounds,
         ]
 
     def visible_settings(self):
@@ -506,11 +526,23 @@ a style model and reported as skipped). Lower it when the group has very few ima
                 self.finetune_steps,
                 self.style_steps,
                 self.min_images_per_style,
+                self.rounds,
             ]
         return result
 
     def help_settings(self):
         return self.settings()
+
+    def upgrade_settings(self, setting_values, variable_revision_number, module_name):
+        """Bring settings saved by an older version of this module to the current layout.
+
+        Revision 1 is the first released layout; revision 2 added *Adaptation rounds*
+        (revision-1 pipelines adapt in one round, as before)."""
+        self.refuse_newer_revision(variable_revision_number)
+        if variable_revision_number == 1:
+            setting_values = list(setting_values) + [str(DEFAULT_ROUNDS)]
+            variable_revision_number = 2
+        return setting_values, variable_revision_number
 
     def is_aggregation_module(self):
         """All images of a group are needed together (one worker per group)."""
@@ -550,6 +582,7 @@ a style model and reported as skipped). Lower it when the group has very few ima
                 finetune_steps=int(self.finetune_steps.value) or None,
                 style_steps=int(self.style_steps.value) or None,
                 min_cluster_size=int(self.min_images_per_style.value),
+                iterations=int(self.rounds.value),
             )
         else:
             kwargs.update(

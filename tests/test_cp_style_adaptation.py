@@ -578,6 +578,8 @@ def test_progress_is_logged_per_stage_and_throttled(caplog):
         log("styles", 100, 100, {})  # repeated end: not logged twice
         for step in range(1, 11):
             log("finetune", step, 10, {"loss": 0.25})
+        for r in (1, 2):  # several rounds: each round's stages are logged anew
+            log("masks", 4, 4, {"round": r, "rounds": 2})
     lines = [r.getMessage() for r in caplog.records]
     assert lines == [
         "TSA: nucleus masks: finished in an earlier run",
@@ -585,6 +587,8 @@ def test_progress_is_logged_per_stage_and_throttled(caplog):
         "TSA: style models (pix2pix) 100/100, style 0",
         "TSA: fine-tuning the main network 1/10, loss 0.250",
         "TSA: fine-tuning the main network 10/10, loss 0.250",
+        "TSA: round 1 of 2: nucleus masks 4/4",
+        "TSA: round 2 of 2: nucleus masks 4/4",
     ]
 
 
@@ -613,13 +617,14 @@ def test_cppipe_round_trip(cpm, tmp_path):
         finetune_steps=123,
         style_steps=45,
         min_images_per_style=4,
+        rounds=2,
     )
     module.use_gpu.value = True
     buf = io.StringIO()
     pipeline_of(cpm, module).dump(buf)
     text = buf.getvalue()
     assert "TrainStyleAdaptation:[module_num:1|svn_version" in text
-    assert "variable_revision_number:1|" in text
+    assert "variable_revision_number:2|" in text
     path = tmp_path / "roundtrip.cppipe"
     path.write_text(text)
     loaded = cpm.Pipeline()
@@ -632,6 +637,17 @@ def test_cppipe_round_trip(cpm, tmp_path):
     assert module.upgrade_settings(_values(module), rev, module.module_name) == (_values(module), rev)
     with pytest.raises(ValueError, match="newer version"):
         module.upgrade_settings(_values(module), rev + 1, module.module_name)
+    assert again.adapt_config().iterations == 2
+
+
+def test_revision_1_settings_are_upgraded(cpm):
+    """A revision-1 pipeline (before Adaptation rounds) loads with one round."""
+    module = train_module(cpm, advanced=True, finetune_steps=7)
+    values_rev1 = _values(module)[:-1]
+    values, rev = module.upgrade_settings(values_rev1, 1, module.module_name)
+    assert rev == 2 and values == values_rev1 + ["1"]
+    module.set_settings_from_values(values, rev, module.module_name)
+    assert module.adapt_config().iterations == 1 and module.adapt_config().finetune_steps == 7
 
 
 def test_visible_settings_and_defaults(cpm):
