@@ -90,6 +90,8 @@ def _style_adaptation(res):
              "nostyle": "control: base + the same fine-tune steps, fluorescence only",
              "autostyle": "**AUTOstyle** (adapted to unannotated H&E train images)",
              "autostyle_transductive": "AUTOstyle, transductive (adapted to the H&E val images)",
+             "autostyle_2rounds_round1": "AUTOstyle, round 1 of 2 (H&E train images)",
+             "autostyle_2rounds": "AUTOstyle, 2 rounds (H&E train images)",
              "gtstyle": "GTstyle (H&E train annotations as style masks)",
              "upper_bound": "upper bound (fine-tuned with annotated H&E train images)"}
     sc = res["scores"]

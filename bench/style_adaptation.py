@@ -34,6 +34,9 @@ shipped post-processing values):
 - AUTOstyle: ``adapt`` on the unannotated H&E train images (preseg masks);
 - AUTOstyle, transductive: ``adapt`` on the unannotated H&E val images themselves (as the
   paper did for its test set);
+- AUTOstyle, 2 rounds (optional; results are written without it): ``adapt`` with
+  iterations=2 on the unannotated H&E train images; its round-1 model is scored too
+  (``autostyle_2rounds_round1``);
 - GTstyle: ``adapt`` on the H&E train images with their annotations as style masks;
 - upper bound: the base fine-tuned the same number of steps on fluorescence + annotated H&E
   train images (H&E at the base recipe's 30% share).
@@ -43,6 +46,7 @@ import argparse
 import csv
 import json
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -58,7 +62,8 @@ CARRIED_BASE = ROOT / "bench" / "models" / "style_base_fluo.safetensors"
 BASE_LR, BASE_WARMUP = 1.5e-3, 300
 
 STAGES = ("base", "preseg_fluo", "unet_fluo", "nostyle", "upper_bound", "autostyle", "gtstyle",
-          "autostyle_transductive", "score")
+          "autostyle_transductive", "autostyle_2rounds", "score")
+REQUIRED = ("base", "nostyle", "upper_bound", "autostyle", "gtstyle", "autostyle_transductive")
 BASE_NETWORKS = ("base", "preseg_fluo", "unet_fluo")
 COMPLETE = ".complete"  # marks a model folder as fully written
 BASE_STEPS, FINETUNE_STEPS = 4000, 1000
@@ -170,7 +175,7 @@ def model_folder(network, name):
     return folder
 
 
-def adapt_stage(name, base_folder, images, annotations, threads, tiny):
+def adapt_stage(name, base_folder, images, annotations, threads, tiny, iterations=1):
     from nucleaizer_backend.style.adapt import AdaptConfig, adapt
 
     cfg = AdaptConfig(base_model=str(base_folder), preset="quick",
@@ -178,7 +183,7 @@ def adapt_stage(name, base_folder, images, annotations, threads, tiny):
                       style_steps=TINY["style_steps"] if tiny else None,
                       synthetic_per_cluster=TINY["synthetic"] if tiny else 20,
                       replay_data=str(DATA / "train"), replay_styles=["fluo"],
-                      threads=threads, device="cpu")
+                      iterations=iterations, threads=threads, device="cpu")
     res = adapt(images, WORK / name, annotations=annotations, config=cfg)
     return res
 
@@ -254,7 +259,8 @@ def main():
     adaptations = {"autostyle": ([image_path(r) for r in he_train], None),
                    "autostyle_transductive": ([image_path(r) for r in he_val], None),
                    "gtstyle": ([image_path(r) for r in he_train],
-                               {r["id"]: str(label_path(r)) for r in he_train})}
+                               {r["id"]: str(label_path(r)) for r in he_train}),
+                   "autostyle_2rounds": ([image_path(r) for r in he_train], None, 2)}
     models = {}
     for name in STAGES[1:-1]:
         base_ready = all(finished(n) for n in BASE_NETWORKS)
@@ -263,8 +269,9 @@ def main():
             if name in adaptations:
                 if not base_ready:
                     sys.exit(f"{name} needs {', '.join(BASE_NETWORKS)} trained first")
-                res = adapt_stage(name, WORK / "models" / "base", *adaptations[name],
-                                  args.threads, args.tiny)
+                images, annotations, *rounds = adaptations[name]
+                res = adapt_stage(name, WORK / "models" / "base", images, annotations,
+                                  args.threads, args.tiny, iterations=rounds[0] if rounds else 1)
                 (WORK / name / "bench_info.json").write_text(json.dumps({
                     "seconds": res.seconds, "styles": res.n_clusters,
                     "synthetic": res.synthetic_count, "images": res.n_images}))
@@ -276,6 +283,9 @@ def main():
             models["base"] = base_folder()
         if name in adaptations and (WORK / name / "model.json").is_file():
             models[name] = WORK / name
+            first_round = WORK / name / "work" / "round_1"
+            if (first_round / "model.json").is_file():  # a multi-round adaptation's round 1
+                models[f"{name}_round1"] = first_round
         elif name in ("nostyle", "upper_bound") and finished(name) and "base" in models:
             models[name] = model_folder(WORK / name / "last.safetensors", name)
     if "score" not in only:
@@ -283,7 +293,7 @@ def main():
     scores = {name: score(name, folder, val, args.tiny) for name, folder in models.items()}
     for name, s in scores.items():
         print(f"{name}: H&E val DSB {s['dsb_he']:.3f}, fluo val DSB {s['dsb_fluo']:.3f}")
-    missing = [n for n in ("base", "nostyle", "upper_bound", *adaptations) if n not in scores]
+    missing = [n for n in REQUIRED if n not in scores]
     if missing:
         print(f"not finished yet: {', '.join(missing)} (no results file written)")
         return
@@ -294,7 +304,7 @@ def main():
     RESULTS.write_text(json.dumps({
         "scores": scores,
         "adaptations": {k: json.loads((WORK / k / "bench_info.json").read_text())
-                        for k in adaptations},
+                        for k in adaptations if (WORK / k / "bench_info.json").is_file()},
         "training_seconds": {k: json.loads((WORK / k / "done.json").read_text())
                              for k in (*BASE_NETWORKS, "nostyle", "upper_bound")},
         "settings": {"base_steps": base_steps, "finetune_steps": ft_steps,
@@ -302,6 +312,8 @@ def main():
         "_meta": {"machine": machine(), "measured": time.strftime("%Y-%m-%d %H:%M UTC",
                                                                   time.gmtime()),
                   "command": "python bench/style_adaptation.py", "wall_s_last_run": timings,
+                  "code": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                                         capture_output=True, text=True).stdout.strip(),
                   "model": "see settings"}}, indent=1, default=str))
     print(f"written {RESULTS}")
 
