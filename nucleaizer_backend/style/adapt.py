@@ -8,13 +8,18 @@ half-finished ones continue: masks and synthetic pairs image by image, the style
 the fine-tune from their checkpoints):
 
 a. **masks** - a nucleus mask per target image: the user's annotation where given (GTstyle),
-   else the base model's preseg nuclei (AUTOstyle; preseg is the size-robust network), as
-   ``work/masks/<image>.tif``;
+   else the base model's preseg nuclei (AUTOstyle; preseg is the size-robust network; or
+   its full segmentation with ``masks_from="model"``), as ``work/masks/<image>.tif``. An
+   automatic mask is *reliable* when it holds at least size.MIN_NUCLEI nuclei;
 b. **cluster** - style features of every image and its mask (style.cluster), k-means with
    over-clustering and small-cluster merging; ``work/cluster.json``. Images of clusters that
-   stay too small ("skipped") or hold no nuclei get no style model and are reported;
-c. **styles** - one pix2pix per cluster (style.pix2pix_train) on the cluster's (mask, raw
-   image) pairs, ``steps_for(n_images, preset)`` steps; ``work/styles/style_NN/``;
+   stay too small ("skipped"), hold no nuclei, or have reliable masks in fewer than
+   ``min_reliable_share`` of their images get no style model and are reported (a pix2pix
+   model trained on masks that miss most nuclei learns to paint nuclei no mask labels, and
+   its synthetic images would teach the detector to ignore nuclei);
+c. **styles** - one pix2pix per cluster (style.pix2pix_train) on the (mask, raw image) pairs
+   of its images with reliable masks, ``steps_for(n_images, preset)`` steps;
+   ``work/styles/style_NN/``;
 d. **synthesize** - per cluster, the nuclei of its masks are measured (style.masks), N new
    masks composed (half real shapes from the shipped shape database, half perturbed
    ellipses) at the cluster's typical image size (at most ``max_synthetic_side`` px a side)
@@ -33,6 +38,13 @@ f. **package** - the adapted model folder ``<out>/``: ``main.safetensors`` (the 
    model's post-processing parameters), ``style_sheet.png`` (per style: real target images,
    synthetic images, synthetic images with their masks' outlines, all at native scale),
    ``training_curve.png`` and ``adapt_log.jsonl`` (one line per stage and run, with timings).
+
+With ``iterations`` = n > 1 the whole chain runs n times, round r in
+``<out>/work/round_<r>/`` (a complete model folder, resumable like a one-round ``out``):
+round 1 adapts the base model; round r >= 2 adapts round r-1's model, with its masks from
+that model's segmentation (``masks_from="model"``), so that styles whose nuclei the base
+model missed can be learned once a first round has taught it their look. The last round's
+model folder is copied into ``<out>``; its model.json lists every round.
 
 An ``out`` folder that holds anything but an adaptation of the same images is refused rather
 than mixed. Changing a setting between runs is accepted while the stages it affects have not
