@@ -109,6 +109,8 @@ def _style_adaptation(res):
         f"{k}: {v['images']} images, {v['styles']} styles, {v['synthetic']} synthetic pairs, "
         f"{sum(v['seconds'].values()) / 60:.0f} min" for k, v in res["adaptations"].items()),
         ""]
+    if res.get("not_run"):
+        out += ["Not run yet: " + ", ".join(res["not_run"]) + ".", ""]
     out += _style_goal(sc)
     return out
 
