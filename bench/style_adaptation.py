@@ -188,6 +188,17 @@ def adapt_stage(name, base_folder, images, annotations, threads, tiny, iteration
     return res
 
 
+def seed_first_round(name, iterations):
+    """Round 1 of a multi-round AUTOstyle is exactly the one-round ``autostyle`` job (same
+    images, settings and seed; the adapt module checks that on resume): copy its finished
+    folder in rather than spend ~45 CPU-minutes computing it again."""
+    src, work = WORK / "autostyle", WORK / name / "work"
+    if not (src / "model.json").is_file() or (work / "round_1").exists():
+        return
+    shutil.copytree(src, work / "round_1", ignore=shutil.ignore_patterns("bench_info.json"))
+    (work / "rounds.json").write_text(json.dumps({"iterations": iterations}))
+
+
 def score(name, model, val_rows, tiny):
     """Mean DSB score of ``model`` on the H&E and the fluorescence rows of ``val_rows``,
     cached in runs/style-bench/scores/<name>.json (so lanes and re-runs share it)."""
@@ -270,6 +281,8 @@ def main():
                 if not base_ready:
                     sys.exit(f"{name} needs {', '.join(BASE_NETWORKS)} trained first")
                 images, annotations, *rounds = adaptations[name]
+                if rounds:
+                    seed_first_round(name, rounds[0])
                 res = adapt_stage(name, WORK / "models" / "base", images, annotations,
                                   args.threads, args.tiny, iterations=rounds[0] if rounds else 1)
                 (WORK / name / "bench_info.json").write_text(json.dumps({
