@@ -35,8 +35,9 @@ shipped post-processing values):
 - AUTOstyle, transductive: ``adapt`` on the unannotated H&E val images themselves (as the
   paper did for its test set);
 - AUTOstyle, 2 rounds (optional; results are written without it): ``adapt`` with
-  iterations=2 on the unannotated H&E train images; its round-1 model is scored too
-  (``autostyle_2rounds_round1``);
+  iterations=2 on the unannotated H&E train images; its round 1 is the same job as
+  AUTOstyle, so it starts from that folder when AUTOstyle has finished (otherwise its round-1
+  model is scored too, as ``autostyle_2rounds_round1``);
 - GTstyle: ``adapt`` on the H&E train images with their annotations as style masks;
 - upper bound: the base fine-tuned the same number of steps on fluorescence + annotated H&E
   train images (H&E at the base recipe's 30% share).
@@ -297,8 +298,8 @@ def main():
         if name in adaptations and (WORK / name / "model.json").is_file():
             models[name] = WORK / name
             first_round = WORK / name / "work" / "round_1"
-            if (first_round / "model.json").is_file():  # a multi-round adaptation's round 1
-                models[f"{name}_round1"] = first_round
+            if (first_round / "model.json").is_file() and "autostyle" not in models:
+                models[f"{name}_round1"] = first_round  # (else: the same job as autostyle)
         elif name in ("nostyle", "upper_bound") and finished(name) and "base" in models:
             models[name] = model_folder(WORK / name / "last.safetensors", name)
     if "score" not in only:
