@@ -905,6 +905,8 @@ def style_sheet(work, targets, path):
     """The PNG sheet (one row per style): up to 3 real target images, 3 synthetic images and
     the same synthetic images with their masks' outlines (yellow), centre crops of at most
     256 px at native scale so that nucleus sizes compare directly."""
+    import textwrap
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -939,9 +941,11 @@ def style_sheet(work, targets, path):
                 ax.set_title(("real target images", "synthetic images",
                               "synthetic images + their masks")[col // n], fontsize=9)
         status = (f"{len(list((synth_dir / 'images').glob(f'style{k:02d}_*.png')))} synthetic"
-                  if st["learned"] else f"skipped:\n{st['skip_reason']}")
-        axes[row][0].set_ylabel(f"style {k}\n{st['size']} image{'s' if st['size'] != 1 else ''}"
-                                f"\n{status}", fontsize=8)
+                  if st["learned"] else "skipped: " + st["skip_reason"])
+        # the label runs along the row's height: wrap it to that (about 26 characters)
+        label = f"style {k}, {st['size']} image{'s' if st['size'] != 1 else ''}\n{status}"
+        axes[row][0].set_ylabel("\n".join(line for part in label.split("\n")
+                                           for line in textwrap.wrap(part, 26)), fontsize=7)
     fig.suptitle(f"{work.out.name}: real target images vs synthetic images per style "
                  f"(centre {SHEET_TILE} px crops, native scale)", fontsize=10)
     fig.tight_layout()
