@@ -29,8 +29,9 @@ shipped post-processing values):
   with scale augmentation; it makes AUTOstyle's masks and every model's size estimate) and
   U-Net (unet_fluo, 1000 steps). No network of any model here has seen an H&E annotation,
   except the upper bound's and GTstyle's style masks;
-- NOstyle: the base fine-tuned for the same number of steps as the adapted models, on the
-  fluorescence train images only (so extra training alone is not mistaken for adaptation);
+- NOstyle control: the base fine-tuned for the same number of steps as the adapted models
+  (main network and U-Net), on the fluorescence train images only (so extra training alone
+  is not mistaken for adaptation);
 - AUTOstyle: ``adapt`` on the unannotated H&E train images (preseg masks);
 - AUTOstyle, transductive: ``adapt`` on the unannotated H&E val images themselves (as the
   paper did for its test set);
@@ -39,9 +40,12 @@ shipped post-processing values):
   AUTOstyle, so it starts from that folder when AUTOstyle has finished (otherwise its round-1
   model is scored too, as ``autostyle_2rounds_round1``);
 - GTstyle: ``adapt`` on the H&E train images with their annotations as style masks;
-- upper bound: the base fine-tuned the same number of steps on fluorescence + annotated H&E
-  train images (H&E at the base recipe's 30% share).
-Every adaptation fine-tunes on the fluorescence train images as replay data (no real H&E).
+- upper bound: the base fine-tuned the same number of steps (main network and U-Net) on
+  fluorescence + annotated H&E train images (H&E at the base recipe's 30% share).
+Every adaptation fine-tunes on the fluorescence train images as replay data (no real H&E);
+every fine-tuned model's U-Net gets UNET_STEPS steps (batch 4, lr 5e-4). Each model is also
+scored on H&E without its U-Net (detection + rules): a U-Net that has not seen a style
+erases the detections of that style (p6), which the first run of this benchmark showed.
 """
 import argparse
 import csv
@@ -62,14 +66,16 @@ RESULTS = ROOT / "bench" / "results" / "style_adaptation.json"
 CARRIED_BASE = ROOT / "bench" / "models" / "style_base_fluo.safetensors"
 BASE_LR, BASE_WARMUP = 1.5e-3, 300
 
-STAGES = ("base", "preseg_fluo", "unet_fluo", "nostyle", "upper_bound", "autostyle", "gtstyle",
-          "autostyle_transductive", "autostyle_2rounds", "score")
+STAGES = ("base", "preseg_fluo", "unet_fluo", "nostyle", "nostyle_unet", "upper_bound",
+          "upper_bound_unet", "autostyle", "gtstyle", "autostyle_transductive",
+          "autostyle_2rounds", "score")
 REQUIRED = ("base", "nostyle", "upper_bound", "autostyle", "gtstyle", "autostyle_transductive")
 BASE_NETWORKS = ("base", "preseg_fluo", "unet_fluo")
 COMPLETE = ".complete"  # marks a model folder as fully written
 BASE_STEPS, FINETUNE_STEPS = 4000, 1000
+UNET_STEPS = 400  # every fine-tuned model's U-Net fine-tune (the adapt default would be 750)
 TINY = {"base_steps": 2, "finetune_steps": 2, "style_steps": 2, "images": 3, "val": 4,
-        "synthetic": 1}
+        "synthetic": 1, "unet_steps": 2}
 
 
 def rows(split, style=None):
@@ -163,16 +169,20 @@ def base_folder():
     return folder
 
 
-def model_folder(network, name):
-    """A model folder: main network ``network``, the base's preseg, U-Net and model.json."""
-    from nucleaizer_backend.models.io import MAIN_FILE
+def model_folder(network, name, unet=None):
+    """A model folder: main network ``network``, U-Net ``unet`` (None: the base's), the
+    base's preseg and model.json; rebuilt when its networks are not those any more."""
+    from nucleaizer_backend.models.io import MAIN_FILE, UNET_FILE
 
     folder = WORK / "models" / name
-    if not (folder / COMPLETE).is_file():
+    sources = json.dumps({"main": str(network), "unet": str(unet)})
+    if not (folder / COMPLETE).is_file() or (folder / COMPLETE).read_text() != sources:
         shutil.copytree(WORK / "models" / "base", folder, dirs_exist_ok=True,
                         ignore=shutil.ignore_patterns(COMPLETE))
         shutil.copyfile(network, folder / MAIN_FILE)
-        (folder / COMPLETE).touch()
+        if unet:
+            shutil.copyfile(unet, folder / UNET_FILE)
+        (folder / COMPLETE).write_text(sources)
     return folder
 
 
@@ -183,6 +193,7 @@ def adapt_stage(name, base_folder, images, annotations, threads, tiny, iteration
                       finetune_steps=TINY["finetune_steps"] if tiny else FINETUNE_STEPS,
                       style_steps=TINY["style_steps"] if tiny else None,
                       synthetic_per_cluster=TINY["synthetic"] if tiny else 20,
+                      unet_steps=TINY["unet_steps"] if tiny else UNET_STEPS,
                       replay_data=str(DATA / "train"), replay_styles=["fluo"],
                       iterations=iterations, threads=threads, device="cpu")
     res = adapt(images, WORK / name, annotations=annotations, config=cfg)
@@ -204,21 +215,24 @@ def score(name, model, val_rows, tiny):
     """Mean DSB score of ``model`` on the H&E and the fluorescence rows of ``val_rows``,
     cached in runs/style-bench/scores/<name>.json (so lanes and re-runs share it)."""
     cache = WORK / "scores" / f"{name}.json"
-    if cache.is_file():
-        return json.loads(cache.read_text())
+    out = json.loads(cache.read_text()) if cache.is_file() else {}
     from nucleaizer_backend import segment_image
     from nucleaizer_backend.evaluate import score_image
     from nucleaizer_backend.imageio_utils import read_image
     from nucleaizer_backend.train.data import read_labels
 
-    out = {}
+    def mean_dsb(sel, **kw):
+        return float(np.mean([score_image(read_labels(label_path(r)), segment_image(
+            read_image(image_path(r)), model=model, device="cpu", **kw).labels).dsb
+            for r in sel]))
+
     for style in ("he", "fluo"):
         sel = [r for r in val_rows if r["style"] == style]
-        out[f"dsb_{style}"] = float(np.mean([
-            score_image(read_labels(label_path(r)),
-                        segment_image(read_image(image_path(r)), model=model,
-                                      device="cpu").labels).dsb for r in sel]))
-        out[f"n_{style}"] = len(sel)
+        if f"dsb_{style}" not in out:
+            out[f"dsb_{style}"], out[f"n_{style}"] = mean_dsb(sel), len(sel)
+    if "dsb_he_no_unet" not in out:  # detection + rules alone: what the U-Net adds or takes
+        out["dsb_he_no_unet"] = mean_dsb([r for r in val_rows if r["style"] == "he"],
+                                         use_unet=False)
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps(out))
     return out
@@ -268,6 +282,11 @@ def main():
                       dict(batch_size=4, lr=1e-3, warmup=min(300, base_steps), **fluo)),
         "nostyle": ("main", ft_steps, dict(finetune, **fluo)),
         "upper_bound": ("main", ft_steps, finetune)}
+    unet_ft = dict(init=str(WORK / "unet_fluo" / "last.safetensors"), batch_size=4, lr=5e-4,
+                   warmup=20)  # as the adaptations fine-tune their U-Net
+    unet_steps = TINY["unet_steps"] if args.tiny else UNET_STEPS
+    trainings.update({"nostyle_unet": ("unet", unet_steps, dict(unet_ft, **fluo)),
+                      "upper_bound_unet": ("unet", unet_steps, unet_ft)})
     adaptations = {"autostyle": ([image_path(r) for r in he_train], None),
                    "autostyle_transductive": ([image_path(r) for r in he_val], None),
                    "gtstyle": ([image_path(r) for r in he_train],
@@ -300,8 +319,10 @@ def main():
             first_round = WORK / name / "work" / "round_1"
             if (first_round / "model.json").is_file() and "autostyle" not in models:
                 models[f"{name}_round1"] = first_round  # (else: the same job as autostyle)
-        elif name in ("nostyle", "upper_bound") and finished(name) and "base" in models:
-            models[name] = model_folder(WORK / name / "last.safetensors", name)
+        elif (name in ("nostyle_unet", "upper_bound_unet") and finished(name)
+              and finished(name[:-5]) and "base" in models):
+            models[name[:-5]] = model_folder(WORK / name[:-5] / "last.safetensors", name[:-5],
+                                             unet=WORK / name / "last.safetensors")
     if "score" not in only:
         return
     scores = {name: score(name, folder, val, args.tiny) for name, folder in models.items()}
@@ -322,8 +343,10 @@ def main():
         "adaptations": {k: json.loads((WORK / k / "bench_info.json").read_text())
                         for k in adaptations if (WORK / k / "bench_info.json").is_file()},
         "training_seconds": {k: json.loads((WORK / k / "done.json").read_text())
-                             for k in (*BASE_NETWORKS, "nostyle", "upper_bound")},
+                             for k in (*BASE_NETWORKS, "nostyle", "nostyle_unet", "upper_bound",
+                                       "upper_bound_unet") if finished(k)},
         "settings": {"base_steps": base_steps, "finetune_steps": ft_steps,
+                     "unet_steps": TINY["unet_steps"] if args.tiny else UNET_STEPS,
                      "preset": "quick", "replay": "DSB train, fluorescence only"},
         "_meta": {"machine": machine(), "measured": time.strftime("%Y-%m-%d %H:%M UTC",
                                                                   time.gmtime()),

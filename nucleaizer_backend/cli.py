@@ -141,7 +141,7 @@ def cmd_adapt(args):
                       min_cluster_size=args.min_cluster_size, max_clusters=args.max_clusters,
                       synthetic_per_cluster=args.synthetic_per_cluster,
                       synthetic_share=args.synthetic_share, finetune_steps=args.steps,
-                      replay_data=args.replay_data,
+                      unet_steps=args.unet_steps, replay_data=args.replay_data,
                       replay_styles=args.replay_styles.split(",") if args.replay_styles else None,
                       iterations=args.iterations, masks_from=args.masks_from,
                       min_reliable_share=args.min_reliable_share, seed=args.seed, threads=args.threads, device=args.device)
@@ -156,7 +156,7 @@ def cmd_adapt(args):
             state["stage"] = label
             bar.reset(total=total)
             bar.set_description(f"adapt: {label}")
-            bar.unit = "step" if stage in ("styles", "finetune") else "it"
+            bar.unit = "step" if stage in ("styles", "finetune", "finetune_unet") else "it"
         bar.n = done
         if "loss" in info:
             bar.set_postfix(loss=f"{info['loss']:.3f}", refresh=False)
@@ -350,6 +350,8 @@ def build_parser():
                    help="fraction of fine-tune crops from synthetic images (0.1-0.5)")
     a.add_argument("--steps", type=int, help="fine-tune steps (default: the preset's, "
                    "quick 400, full 3000)")
+    a.add_argument("--unet-steps", type=int, help="steps of the contour U-Net's fine-tune "
+                   "(default: 3/4 of --steps; 0 keeps the base model's U-Net)")
     a.add_argument("--min-cluster-size", type=int, default=3,
                    help="fewest images a style model learns from")
     a.add_argument("--max-clusters", type=int,

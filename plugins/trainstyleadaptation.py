@@ -93,6 +93,7 @@ STAGE_NAMES = {
     "styles": "style models (pix2pix)",
     "synthesize": "synthetic images",
     "finetune": "fine-tuning the main network",
+    "finetune_unet": "fine-tuning the contour U-Net",
     "package": "writing the model folder",
 }
 LOG_EVERY_S = 15.0
@@ -155,8 +156,8 @@ What do I get as output?
 ^^^^^^^^^^^^^^^^^^^^^^^^
 
 A model folder (by default *adapted_model* in the Default Output Folder) with:
-``main.safetensors`` (the fine-tuned network), ``preseg.safetensors`` and
-``unet.safetensors`` (copied from the base model), ``model.json`` (the base model, images,
+``main.safetensors`` and ``unet.safetensors`` (the fine-tuned detection network and contour
+U-Net), ``preseg.safetensors`` (copied from the base model), ``model.json`` (the base model, images,
 styles, synthetic images, settings and timings), ``style_sheet.png`` (for each style, real
 images next to synthetic ones: check at a glance that the synthetic images look like yours
 and that their nuclei are where the masks say), ``training_curve.png``, ``adapt_log.jsonl``
@@ -194,8 +195,8 @@ clustered, small clusters merged or skipped and reported); one pix2pix image-to-
 network per style, trained on the style's (mask, image) pairs; synthetic masks per style
 (half real nucleus shapes from a shipped shape database, half perturbed ellipses, with the
 style's nucleus size, density and spatial arrangement) painted by the style's network; and
-fine-tuning of the base model's main network on the original training images (a compact
-replay set shipped with the backend) plus the synthetic pairs. Progress is written to
+fine-tuning of the base model's main network, then of its contour U-Net, on the original
+training images (a compact replay set shipped with the backend) plus the synthetic pairs. Progress is written to
 CellProfiler's log.
 
 *Presets:* *{PRESET_QUICK}* (short schedules: about 30 minutes for 20 images on a 2-core
@@ -447,7 +448,8 @@ what it knew.""",
 *(Used only with advanced settings)*
 
 Training steps of the main network on the original and synthetic images. 0 uses the
-preset's (400 quick, 3000 full); about 2 s per step on a CPU.""",
+preset's (400 quick, 3000 full); about 2 s per step on a CPU. The contour U-Net is then
+fine-tuned for 3/4 as many steps (about 0.8 s each).""",
         )
 
         self.style_steps = Integer(

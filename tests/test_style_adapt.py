@@ -131,8 +131,15 @@ def test_model_json_metadata(adapted):
     assert info["trained_nucleus_diameter_px"] == 40.0
     base = json.loads((DEFAULT_MODEL_DIR / INFO_FILE).read_text())
     assert info.get("postprocess") == base.get("postprocess")  # carried over from the base
-    has_unet = (DEFAULT_MODEL_DIR / UNET_FILE).is_file()
-    assert (out / UNET_FILE).is_file() == has_unet == ("unet" in info)
+    # the contour U-Net is fine-tuned too (3/4 of the 2 steps, rounded), not copied
+    assert a["finetune_unet"]["steps"] == 2 and a["finetune_unet"]["final_loss"] > 0
+    assert a["finetune_unet"]["init"] == str(DEFAULT_MODEL_DIR / UNET_FILE)
+    assert info["unet"]["meta"]["adapted"]["finetune_steps"] == 2
+    assert UNET_FILE not in a["networks_copied_from"]
+    base_unet, unet = tensors(DEFAULT_MODEL_DIR / UNET_FILE), tensors(out / UNET_FILE)
+    assert set(base_unet) == set(unet)
+    assert any(not np.array_equal(base_unet[k].numpy(), unet[k].numpy()) for k in unet
+               if unet[k].is_floating_point())
 
 
 def test_style_sheet_shows_every_style(adapted):
@@ -191,6 +198,32 @@ def test_resume_after_interrupt_gives_the_same_model(tmp_path, adapted, images_d
     again = adapt([images_dir], out, config=tiny(), progress=third)
     assert again.resumed == list(STAGES)
     assert all(c[3] == {"resumed": True} for c in third.calls)
+
+
+def test_adaptation_finished_before_the_unet_stage_is_completed(tmp_path, adapted, images_dir):
+    """A model folder adapted before the U-Net stage existed (its U-Net copied from the base)
+    gets only that stage when the same call is made again, then is packaged again: the same
+    model as an adaptation that had the stage from the start."""
+    _, reference, _ = adapted
+    out = tmp_path / "old"
+    shutil.copytree(reference, out)
+    (out / "work" / "finetune_unet.json").unlink()
+    shutil.rmtree(out / "work" / "finetune_unet")
+    shutil.copyfile(DEFAULT_MODEL_DIR / UNET_FILE, out / UNET_FILE)
+    result = adapt([images_dir], out, config=tiny())
+    assert result.resumed == list(STAGES[:STAGES.index("finetune_unet")])
+    ref, new = tensors(reference / UNET_FILE), tensors(out / UNET_FILE)
+    assert all(np.array_equal(ref[k].numpy(), new[k].numpy()) for k in ref)
+    assert read_info(out)["adaptation"]["finetune_unet"]["steps"] == 2
+
+
+def test_unet_steps_zero_keeps_the_base_unet(tmp_path, two_images):
+    out = tmp_path / "m"
+    adapt(two_images, out, config=tiny(min_cluster_size=1, unet_steps=0))
+    a = read_info(out)["adaptation"]
+    assert a["finetune_unet"]["steps"] == 0 and a["finetune_unet"]["run"] is None
+    assert a["networks_copied_from"][UNET_FILE] == str(DEFAULT_MODEL_DIR / UNET_FILE)
+    assert (out / UNET_FILE).read_bytes() == (DEFAULT_MODEL_DIR / UNET_FILE).read_bytes()
 
 
 # ----------------------------------------------------------------------------- GTstyle

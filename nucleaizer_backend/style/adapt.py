@@ -1,7 +1,7 @@
 """Style adaptation, the whole chain (METHOD.md section 4): from unannotated images of a new
 experiment to an adapted model folder.
 
-:func:`adapt` runs six stages in a work folder ``<out>/work/``; each stage writes its outputs
+:func:`adapt` runs seven stages in a work folder ``<out>/work/``; each stage writes its outputs
 and a marker ``work/<stage>.json`` when it is finished, so that an interrupted run continues
 where it stopped when it is started again with the same images (finished stages are skipped,
 half-finished ones continue: masks and synthetic pairs image by image, the style models and
@@ -30,10 +30,16 @@ e. **finetune** - the base main network fine-tuned (train.loop, kind "main") on 
    ``weights/replay``, :func:`default_replay_dir`) with ``synthetic_share`` of the crops taken
    from the synthetic pairs; ``work/finetune/`` (checkpoint.pt, log.jsonl, curve.png,
    last.safetensors);
-f. **package** - the adapted model folder ``<out>/``: ``main.safetensors`` (the fine-tuned
-   network at its last step: target images have no labels to select a step on),
-   ``preseg.safetensors`` and ``unet.safetensors`` copied from the base model (the shipped
-   default's where the base lacks them), ``model.json`` (base model, target images, masks
+f. **finetune_unet** - the base model's contour U-Net fine-tuned the same way (kind "unet",
+   ``unet_steps``, batch 4): the U-Net's foreground decides which detections survive (p6)
+   and where their contours lie, so a U-Net that has never seen the new style erases what
+   the adapted detector finds (measured: H&E val DSB 0.026 with a fluorescence-only U-Net,
+   0.204 with the same adapted detector and no U-Net; docs/training/style-bench);
+   ``work/finetune_unet/``;
+g. **package** - the adapted model folder ``<out>/``: ``main.safetensors`` and
+   ``unet.safetensors`` (the fine-tuned networks at their last step: target images have no
+   labels to select a step on), ``preseg.safetensors`` copied from the base model (the shipped
+   default's where the base lacks one), ``model.json`` (base model, target images, masks
    source per image, clusters, synthetic counts, settings, fine-tune summary, the base
    model's post-processing parameters), ``style_sheet.png`` (per style: real target images,
    synthetic images, synthetic images with their masks' outlines, all at native scale),
@@ -57,8 +63,9 @@ Presets (:data:`PRESETS`; all other settings as in :class:`AdaptConfig`):
 pix2pix's 2e-4 a few hundred steps leave a fluorescence style's background gray: L1 0.39
 after 283 steps, against 0.04 after 150 steps at 2e-3, measured on 8 DSB fluorescence
 images), at most 4 styles; 20 synthetic pairs per style, at most 384 px a side; fine-tune
-400 steps (batch 2, 256 px crops, lr 5e-4, 20 warm-up, cosine decay).
-Measured with ``nucleaizer adapt --threads 1`` on 20 DSB val images (12 H&E, 8 fluorescence
+400 steps (batch 2, 256 px crops, lr 5e-4, 20 warm-up, cosine decay), then the U-Net 300
+steps (batch 4, about 0.8 s per step on one thread: 4 minutes).
+Measured before the U-Net stage existed, with ``nucleaizer adapt --threads 1`` on 20 DSB val images (12 H&E, 8 fluorescence
 of 256x256 to 520x696 px; 3 styles of 8, 7 and 5 images), 2-core CPU shared with another
 training job: masks 19 s (0.9 s per image), cluster 2 s, styles 12.5 min (772 pix2pix steps,
 0.85-0.97 s per step), synthesize 26 s (60 pairs of 256-320 px, 0.43 s each; a 512 px pair
@@ -71,7 +78,7 @@ thread of this CPU (two threads not measured: the other core was busy).
 20000) pix2pix steps per style at pix2pix's lr 2e-4 (30 minutes to 5 hours per style on this
 CPU at about 0.9 s per step, minutes on a GPU), up to 100 styles, 20 synthetic pairs per
 style (the paper's number) of at most 512 px, 3000 fine-tune steps (lr 3e-4, 100 warm-up;
-about 70 minutes on this CPU).
+about 70 minutes on this CPU) and 2250 U-Net steps (about 30 minutes).
 """
 import csv
 import hashlib
@@ -87,7 +94,8 @@ import numpy as np
 from ..errors import InputImageError, ModelFileError, NucleaizerError
 
 REPLAY_DIR = Path(__file__).resolve().parent.parent / "weights" / "replay"
-STAGES = ("masks", "cluster", "styles", "synthesize", "finetune", "package")
+STAGES = ("masks", "cluster", "styles", "synthesize", "finetune", "finetune_unet", "package")
+UNET_BATCH = 4  # the U-Net recipe's batch (train.loop; 4 x 256 px crops)
 WORK_DIR, JOB_FILE = "work", "job.json"
 SHEET_FILE, CURVE_FILE, LOG_FILE = "style_sheet.png", "training_curve.png", "adapt_log.jsonl"
 
@@ -126,6 +134,8 @@ class AdaptConfig:
     synthetic_per_cluster: synthetic pairs per style (paper: 20); synthetic_share: fraction of
     fine-tune crops from synthetic pairs (0.1-0.5); finetune_steps / finetune_lr /
     finetune_warmup / finetune_batch_size / finetune_crop / checkpoint_every: the fine-tune;
+    unet_steps: steps of the contour U-Net's fine-tune (same data, learning rate and
+    warm-up, batch 4; None: 3/4 of finetune_steps; 0: keep the base model's U-Net);
     replay_data: folder of annotated image + label pairs mixed into the fine-tune (None: the
     shipped replay set); replay_styles: use only these styles of replay_data (its index.csv,
     e.g. ["fluo"]); min_colour_share: least share of colour and of gray replay images (None:
@@ -163,6 +173,7 @@ class AdaptConfig:
     finetune_warmup: int = None
     finetune_batch_size: int = 2
     finetune_crop: int = 256
+    unet_steps: int = None
     checkpoint_every: int = None
     replay_data: str = None
     replay_styles: list = None
@@ -198,6 +209,10 @@ class AdaptConfig:
                   "max_synthetic_side", "style_crop", "style_checkpoint_every"):
             if int(s[k]) < 1:
                 raise NucleaizerError(f"{k} must be at least 1 (got {s[k]})")
+        if s["unet_steps"] is None:
+            s["unet_steps"] = max(1, round(0.75 * int(s["finetune_steps"])))
+        if int(s["unet_steps"]) < 0:
+            raise NucleaizerError(f"unet_steps must be at least 0 (got {s['unet_steps']})")
         if s["style_steps"] is not None and int(s["style_steps"]) < 1:
             raise NucleaizerError(f"style_steps must be at least 1 (got {s['style_steps']})")
         if s["masks_from"] not in MASK_SOURCES:
@@ -229,7 +244,7 @@ _SETTING_STAGE = {
     "finetune_warmup": "finetune", "finetune_batch_size": "finetune",
     "finetune_crop": "finetune", "checkpoint_every": "finetune", "replay_data": "finetune",
     "replay_styles": "finetune", "min_colour_share": "finetune",
-    "seed": "cluster",
+    "unet_steps": "finetune_unet", "seed": "cluster",
 }
 _NOT_IDENTITY = ("threads", "device")  # may differ between runs
 
@@ -807,14 +822,52 @@ def _stage_finetune(work, s, base, report):
             if losses else None}
 
 
-def _copy_network(base_folder, name, dst):
-    """Copy ``name`` from the base folder, else the shipped default's; the file name or None."""
+def _base_network(base_folder, name):
+    """The base folder's network file ``name``, else the shipped default's (None: neither)."""
     from ..models.io import DEFAULT_MODEL_DIR
 
     for folder in ([base_folder] if base_folder else []) + [DEFAULT_MODEL_DIR]:
         if (folder / name).is_file():
-            shutil.copyfile(folder / name, dst / name)
-            return str(folder / name)
+            return folder / name
+    return None
+
+
+def _stage_finetune_unet(work, s, base, report):
+    """Fine-tune the base model's U-Net on the fine-tune's data (replay + synthetic pairs)."""
+    from ..models.io import UNET_FILE, read_network_meta
+    from ..train.loop import TrainConfig, train
+
+    unet_file = _base_network(base[0], UNET_FILE)
+    steps = int(s["unet_steps"])
+    if unet_file is None or steps == 0:
+        return {"run": None, "steps": 0, "init": str(unet_file) if unet_file else None}
+    fine = work.done("finetune")
+    cfg = TrainConfig(data=fine["replay_data"], out=str(work.dir / "finetune_unet"), kind="unet",
+                      steps=steps, batch_size=UNET_BATCH, crop=int(s["finetune_crop"]),
+                      lr=float(s["finetune_lr"]), warmup=min(int(s["finetune_warmup"]), steps),
+                      checkpoint_every=int(s["checkpoint_every"]), seed=s["seed"],
+                      threads=s["threads"], device=s["device"], init=str(unet_file),
+                      architecture=read_network_meta(unet_file).get("architecture"),
+                      min_colour_share=float(fine["min_colour_share"]),
+                      styles=fine["replay_styles"], synthetic=str(work.dir / "synthetic"),
+                      synthetic_share=float(s["synthetic_share"]))
+    run = train(cfg, resume=True,
+                progress=lambda step, total, inf: report("finetune_unet", step, total, inf))
+    losses = [r for r in _read_jsonl(Path(run) / "log.jsonl") if "loss" in r]
+    return {"run": str(run), "steps": steps, "lr": cfg.lr, "batch_size": cfg.batch_size,
+            "init": str(unet_file),
+            "first_loss": losses[0]["loss"] if losses else None,
+            "final_loss": losses[-1]["loss"] if losses else None,
+            "sec_per_step": float(np.median([r["sec_per_step"] for r in losses]))
+            if losses else None}
+
+
+def _copy_network(base_folder, name, dst):
+    """Copy ``name`` from the base folder, else the shipped default's; the file name or None."""
+    src = _base_network(base_folder, name)
+    if src:
+        shutil.copyfile(src, dst / name)
+        return str(src)
     if (dst / name).exists():
         (dst / name).unlink()
     return None
@@ -829,6 +882,7 @@ def _stage_package(work, targets, s, base, report, seconds):
     out = work.out
     masks, clusters = work.done("masks"), work.done("cluster")
     styles, synth, fine = work.done("styles"), work.done("synthesize"), work.done("finetune")
+    fine_unet = work.done("finetune_unet") or {"run": None, "steps": 0}
     names = [t.name for t in targets]
     adaptation = {
         "base_model": {"path": str(base_folder or main_file), "name": base_name},
@@ -840,7 +894,8 @@ def _stage_package(work, targets, s, base, report, seconds):
         "style_models": styles["styles"],
         "synthetic": {"per_cluster": s["synthetic_per_cluster"], "count": synth["count"],
                       "per_style": synth["per_style"]},
-        "finetune": fine, "settings": {k: v for k, v in s.items() if k != "threads"},
+        "finetune": fine, "finetune_unet": fine_unet,
+        "settings": {k: v for k, v in s.items() if k != "threads"},
         "seconds": seconds, "nucleaizer_version": __version__,
     }
     report("package", 0, 3, {})
@@ -849,7 +904,14 @@ def _stage_package(work, targets, s, base, report, seconds):
     meta["adapted"] = {"base_model": adaptation["base_model"], "n_images": len(names),
                        "synthetic_pairs": synth["count"], "finetune_steps": fine["steps"]}
     save_network(model, out / MAIN_FILE, meta)
-    copied = {name: _copy_network(base_folder, name, out) for name in (PRESEG_FILE, UNET_FILE)}
+    copied = {PRESEG_FILE: _copy_network(base_folder, PRESEG_FILE, out)}
+    if fine_unet["run"]:
+        unet, unet_meta = load_network(Path(fine_unet["run"]) / "last.safetensors")
+        unet_meta = {k: v for k, v in unet_meta.items() if k != "architecture"}
+        unet_meta["adapted"] = {**meta["adapted"], "finetune_steps": fine_unet["steps"]}
+        save_network(unet, out / UNET_FILE, unet_meta)
+    else:
+        copied[UNET_FILE] = _copy_network(base_folder, UNET_FILE, out)
     adaptation["networks_copied_from"] = copied
     report("package", 1, 3, {})
     curve = Path(fine["run"]) / "curve.png"
@@ -873,7 +935,7 @@ def _stage_package(work, targets, s, base, report, seconds):
                             if k in info},
     }
     for name, key in ((PRESEG_FILE, "preseg"), (UNET_FILE, "unet")):
-        if copied[name]:
+        if (out / name).is_file():
             m = read_network_meta(out / name)
             new_info[key] = {"file": name, "meta": {k: v for k, v in m.items()
                                                    if k != "architecture"}}
@@ -1070,13 +1132,14 @@ def _adapt_round(images, out, annotations, cfg, progress):
         "styles": lambda: _stage_styles(work, targets, s, report),
         "synthesize": lambda: _stage_synthesize(work, targets, s, report),
         "finetune": lambda: _stage_finetune(work, s, base, report),
+        "finetune_unet": lambda: _stage_finetune_unet(work, s, base, report),
         "package": lambda: _stage_package(work, targets, s, base, report, seconds),
     }
-    seconds, resumed = {}, []
+    seconds, resumed, ran = {}, [], False
     for stage in STAGES:
         record = work.done(stage)
-        if stage == "package" and record and not _package_complete(work.out):
-            record = None
+        if stage == "package" and record and (ran or not _package_complete(work.out)):
+            record = None  # (a stage before it ran in this call: package again)
         if record:
             seconds[stage] = record["seconds"]
             resumed.append(stage)
@@ -1093,6 +1156,7 @@ def _adapt_round(images, out, annotations, cfg, progress):
             raise
         record["seconds"] = round(time.time() - t0, 2)
         seconds[stage] = record["seconds"]
+        ran = True
         if stage == "package":  # its own time goes into model.json as well
             info_file = work.out / "model.json"
             info = json.loads(info_file.read_text())
@@ -1122,8 +1186,8 @@ def _log_summary(stage, record):
         return {"style_models": len(record["styles"]), "steps": record["total_steps"]}
     if stage == "synthesize":
         return {"pairs": record["count"]}
-    if stage == "finetune":
-        return {k: record[k] for k in ("steps", "first_loss", "final_loss", "sec_per_step")}
+    if stage in ("finetune", "finetune_unet"):
+        return {k: record.get(k) for k in ("steps", "first_loss", "final_loss", "sec_per_step")}
     return {}
 
 
