@@ -22,8 +22,9 @@ def _meta_line(res):
     if load and max(load) > (mc.get("cores") or 1) + 0.5:
         busy = (f" The CPU was shared with other jobs (load average {load[0]:g} -> {load[1]:g} "
                 f"on {mc.get('cores')} cores): times are inflated.")
+    wall = f" ({m['wall_s']} s)" if m.get("wall_s") is not None else ""
     return (f"_Measured {m.get('measured')} on {where}; model: {m.get('model')}; "
-            f"reproduce: `{m.get('command')}` ({m.get('wall_s')} s).{busy}_")
+            f"reproduce: `{m.get('command')}`{wall}.{busy}_")
 
 
 def _model_facts():
@@ -96,7 +97,7 @@ def _style_adaptation(res):
              "gtstyle": "GTstyle (H&E train annotations as style masks)",
              "upper_bound": "upper bound (main + U-Net fine-tuned with annotated H&E train "
                             "images)"}
-    sc = res["scores"]
+    sc, st = res["scores"], res.get("settings", {})
     n = next(iter(sc.values()))
     out = ["## Style adaptation (NOstyle / AUTOstyle / GTstyle)", "", _meta_line(res), "",
            f"H&E as the new experiment: {n.get('n_he', '?')} H&E and {n.get('n_fluo', '?')} "
@@ -104,7 +105,11 @@ def _style_adaptation(res):
            "adaptation fine-tunes the base's main network and contour U-Net with replay of the "
            "fluorescence train images (no real H&E image is trained on, except by the upper "
            "bound). The last column leaves the U-Net out (detection + rules only): it shows "
-           "what a U-Net that has never seen H&E does to H&E detections.", "",
+           "what a U-Net that has never seen H&E does to H&E detections (the first run of this "
+           "benchmark, before adaptation fine-tuned the U-Net: "
+           "docs/training/experiments/style-bench-unet-confound.md). Schedules: "
+           f"{st.get('finetune_steps', '?')} fine-tune steps and {st.get('unet_steps', '?')} "
+           "U-Net steps for every fine-tuned model, quick preset otherwise.", "",
            "| model | DSB H&E val | DSB fluo val | DSB H&E val, no U-Net |", "|---|---|---|---|"]
     for key, name in names.items():
         if key in sc:
@@ -113,7 +118,8 @@ def _style_adaptation(res):
                        f"{'-' if no_unet is None else f'{no_unet:.3f}'} |")
     out += ["", "Adaptation runs: " + "; ".join(
         f"{k}: {v['images']} images, {v['styles']} styles, {v['synthetic']} synthetic pairs, "
-        f"{sum(v['seconds'].values()) / 60:.0f} min" for k, v in res["adaptations"].items()),
+        f"{sum(v['seconds'].values()) / 60:.0f} min (one thread, CPU shared)"
+        for k, v in res["adaptations"].items()),
         ""]
     if res.get("not_run"):
         out += ["Not run yet: " + ", ".join(res["not_run"]) + ".", ""]

@@ -487,7 +487,8 @@ each further round takes its masks from the previous round's adapted model (whic
 the nuclei of the new style better) and adapts that model again. A style whose images'
 masks hold too few nuclei in a round (fewer than 5 in most of its images) gets no style
 model in that round and is reported; a further round may learn it. Each round costs about
-as much time as the first.""",
+as much time as the first. Whether a second round helps is not measured yet: check its
+result on a few annotated images before using it.""",
         )
 
     def settings(self):
