@@ -121,8 +121,15 @@ def _style_adaptation(res):
         f"{sum(v['seconds'].values()) / 60:.0f} min (one thread, CPU shared)"
         for k, v in res["adaptations"].items()),
         ""]
+    out += ["Style sheets (real vs synthetic images per style) and logs of these adaptations: "
+            "docs/training/style-bench/.", ""]
     if res.get("not_run"):
         out += ["Not run yet: " + ", ".join(res["not_run"]) + ".", ""]
+    if "autostyle_2rounds" not in sc:
+        out += ["Two adaptation rounds (`--iterations 2`) are not in the table: the one run so "
+                "far made its round-2 masks with a round-1 model whose U-Net had not been "
+                "adapted yet, so it does not measure the method (docs/training/experiments/"
+                "style-bench-unet-confound.md).", ""]
     out += _style_goal(sc)
     return out
 
