@@ -786,7 +786,7 @@ def _replay(s):
 
 
 def _stage_finetune(work, s, base, report):
-    from ..train.loop import TrainConfig, train
+    from ..train.loop import TrainConfig
 
     _, main_file, main_meta, info, _ = base
     replay = _replay(s)
@@ -804,13 +804,7 @@ def _stage_finetune(work, s, base, report):
                       min_colour_share=float(colour), styles=s["replay_styles"],
                       synthetic=str(work.dir / "synthetic"),
                       synthetic_share=float(s["synthetic_share"]))
-    try:
-        run = train(cfg, resume=True,
-                    progress=lambda step, total, inf: report("finetune", step, total, inf))
-    except ValueError as e:  # e.g. no replay image of the asked styles
-        raise NucleaizerError(str(e)) from None
-    log = _read_jsonl(Path(run) / "log.jsonl")
-    losses = [r for r in log if "loss" in r]
+    run, log = _train_run(cfg, "finetune", report)
     start = [r for r in log if r.get("event") == "start"]
     return {"run": str(run), "steps": cfg.steps, "lr": cfg.lr, "warmup": cfg.warmup,
             "batch_size": cfg.batch_size, "crop": cfg.crop, "replay_data": str(replay),
@@ -818,10 +812,28 @@ def _stage_finetune(work, s, base, report):
             "synthetic_share": cfg.synthetic_share, "init": str(main_file),
             "replay_images": start[-1]["train_images"] if start else None,
             "synthetic_images": start[-1]["synthetic_images"] if start else None,
-            "first_loss": losses[0]["loss"] if losses else None,
-            "final_loss": losses[-1]["loss"] if losses else None,
-            "sec_per_step": float(np.median([r["sec_per_step"] for r in losses]))
-            if losses else None}
+            **_loss_summary(log)}
+
+
+def _train_run(cfg, stage, report):
+    """Run (or resume) a training of a fine-tune stage; returns (run folder, its log lines)."""
+    from ..train.loop import train
+
+    try:
+        run = train(cfg, resume=True,
+                    progress=lambda step, total, inf: report(stage, step, total, inf))
+    except ValueError as e:  # e.g. no replay image of the asked styles
+        raise NucleaizerError(str(e)) from None
+    return run, _read_jsonl(Path(run) / "log.jsonl")
+
+
+def _loss_summary(log):
+    """First and last loss and median seconds per step of a training log."""
+    losses = [r for r in log if "loss" in r]
+    if not losses:
+        return {"first_loss": None, "final_loss": None, "sec_per_step": None}
+    return {"first_loss": losses[0]["loss"], "final_loss": losses[-1]["loss"],
+            "sec_per_step": float(np.median([r["sec_per_step"] for r in losses]))}
 
 
 def _base_network(base_folder, name):
@@ -837,7 +849,7 @@ def _base_network(base_folder, name):
 def _stage_finetune_unet(work, s, base, report):
     """Fine-tune the base model's U-Net on the fine-tune's data (replay + synthetic pairs)."""
     from ..models.io import UNET_FILE, read_network_meta
-    from ..train.loop import TrainConfig, train
+    from ..train.loop import TrainConfig
 
     unet_file = _base_network(base[0], UNET_FILE)
     steps = int(s["unet_steps"])
@@ -853,15 +865,9 @@ def _stage_finetune_unet(work, s, base, report):
                       min_colour_share=float(fine["min_colour_share"]),
                       styles=fine["replay_styles"], synthetic=str(work.dir / "synthetic"),
                       synthetic_share=float(s["synthetic_share"]))
-    run = train(cfg, resume=True,
-                progress=lambda step, total, inf: report("finetune_unet", step, total, inf))
-    losses = [r for r in _read_jsonl(Path(run) / "log.jsonl") if "loss" in r]
+    run, log = _train_run(cfg, "finetune_unet", report)
     return {"run": str(run), "steps": steps, "lr": cfg.lr, "batch_size": cfg.batch_size,
-            "init": str(unet_file),
-            "first_loss": losses[0]["loss"] if losses else None,
-            "final_loss": losses[-1]["loss"] if losses else None,
-            "sec_per_step": float(np.median([r["sec_per_step"] for r in losses]))
-            if losses else None}
+            "init": str(unet_file), **_loss_summary(log)}
 
 
 def _copy_network(base_folder, name, dst):
@@ -875,10 +881,21 @@ def _copy_network(base_folder, name, dst):
     return None
 
 
+def _save_finetuned(record, dst, adapted):
+    """A fine-tune stage's last network -> ``dst``, its meta saying what it was adapted to
+    (``adapted`` + the stage's steps); returns that meta (without the architecture)."""
+    from ..models.io import load_network, save_network
+
+    model, meta = load_network(Path(record["run"]) / "last.safetensors")
+    meta = {k: v for k, v in meta.items() if k != "architecture"}
+    meta["adapted"] = {**adapted, "finetune_steps": record["steps"]}
+    save_network(model, dst, meta)
+    return meta
+
+
 def _stage_package(work, targets, s, base, report, seconds):
     from .. import __version__
-    from ..models.io import (INFO_FILE, MAIN_FILE, PRESEG_FILE, UNET_FILE, load_network,
-                             read_network_meta, save_network)
+    from ..models.io import INFO_FILE, MAIN_FILE, PRESEG_FILE, UNET_FILE, read_network_meta
 
     base_folder, main_file, _, info, base_name = base
     out = work.out
@@ -901,17 +918,12 @@ def _stage_package(work, targets, s, base, report, seconds):
         "seconds": seconds, "nucleaizer_version": __version__,
     }
     report("package", 0, 3, {})
-    model, meta = load_network(Path(fine["run"]) / "last.safetensors")
-    meta = {k: v for k, v in meta.items() if k != "architecture"}
-    meta["adapted"] = {"base_model": adaptation["base_model"], "n_images": len(names),
-                       "synthetic_pairs": synth["count"], "finetune_steps": fine["steps"]}
-    save_network(model, out / MAIN_FILE, meta)
+    adapted = {"base_model": adaptation["base_model"], "n_images": len(names),
+               "synthetic_pairs": synth["count"]}
+    meta = _save_finetuned(fine, out / MAIN_FILE, adapted)
     copied = {PRESEG_FILE: _copy_network(base_folder, PRESEG_FILE, out)}
     if fine_unet["run"]:
-        unet, unet_meta = load_network(Path(fine_unet["run"]) / "last.safetensors")
-        unet_meta = {k: v for k, v in unet_meta.items() if k != "architecture"}
-        unet_meta["adapted"] = {**meta["adapted"], "finetune_steps": fine_unet["steps"]}
-        save_network(unet, out / UNET_FILE, unet_meta)
+        _save_finetuned(fine_unet, out / UNET_FILE, adapted)
     else:
         copied[UNET_FILE] = _copy_network(base_folder, UNET_FILE, out)
     adaptation["networks_copied_from"] = copied
