@@ -277,16 +277,34 @@ def section_tuning(model):
     return out
 
 
+def peak_rss_mb():
+    """Peak resident memory (MB) of this process since it started.
+
+    VmHWM of /proc/self/status, not getrusage's ru_maxrss: Linux carries ru_maxrss over
+    exec, so a child started by a big parent would report the parent's peak as its own."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 MEMORY_CHILD = r"""
-import resource, sys, time, numpy as np
-from nucleaizer_backend import segment_image
+import sys, time, numpy as np
+from bench.run_benchmarks import peak_rss_mb
+from nucleaizer_backend import load_model, segment_image
 from nucleaizer_backend.imageio_utils import read_image
 tile = read_image(sys.argv[1])
 img = np.tile(tile, (8, 8, 1))[:2048, :2048]
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+load_model(None, "cpu")
+base = peak_rss_mb()
 t0 = time.perf_counter()
 r = segment_image(img, device="cpu")
-print(base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, r.count, r.diameter, time.perf_counter() - t0)
+print(base, peak_rss_mb(), r.count, r.diameter, time.perf_counter() - t0)
 """
 
 
@@ -296,8 +314,8 @@ def section_memory(model):
     out = subprocess.run([sys.executable, "-c", MEMORY_CHILD, str(path)], capture_output=True,
                          text=True, check=True, cwd=ROOT)
     before, peak, count, diameter, seconds = out.stdout.split()
-    res = {"image": "2048x2048 (a 256x256 val image tiled 8x8)", "peak_rss_mb": int(peak) / 1024,
-           "rss_before_segment_mb": int(before) / 1024, "nuclei": int(count),
+    res = {"image": "2048x2048 (a 256x256 val image tiled 8x8)", "peak_rss_mb": float(peak),
+           "rss_before_segment_mb": float(before), "nuclei": int(count),
            "diameter": float(diameter), "seconds": float(seconds)}
     print(f"memory: peak {res['peak_rss_mb']:.0f} MB")
     return res
@@ -307,7 +325,6 @@ ADAPT_SPEED_IMAGES = {"he": 12, "fluo": 8}  # val images, the first of each styl
 
 
 def section_adapt_speed(model):
-    import resource
     import tempfile
 
     import torch
@@ -328,7 +345,7 @@ def section_adapt_speed(model):
            "threads": threads, "wall_s": wall, "seconds_per_stage": res.seconds,
            "styles": res.n_clusters, "styles_learned": res.n_styles_learned,
            "synthetic_pairs": res.synthetic_count, "finetune_steps": res.finetune_steps,
-           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+           "peak_rss_mb": peak_rss_mb()}
     print(f"adapt_speed: {wall / 60:.1f} min for {len(images)} images")
     return out
 
