@@ -11,6 +11,16 @@ def _median(values):
     return float(np.median(values)) if values else float("nan")
 
 
+CURRENT_WEIGHTS = {}  # fingerprint of the shipped model, set by render()
+
+
+def _stale_parts(m):
+    """Parts of the shipped model that changed since this section was measured with it."""
+    if m.get("model") != "shipped default" or not CURRENT_WEIGHTS:
+        return []
+    return [k for k, v in m.get("weights", {}).items() if CURRENT_WEIGHTS.get(k) != v]
+
+
 def _meta_line(res):
     m = res.get("_meta", {})
     mc = m.get("machine", {})
@@ -23,6 +33,10 @@ def _meta_line(res):
         busy = (f" The CPU was shared with other jobs (load average {load[0]:g} -> {load[1]:g} "
                 f"on {mc.get('cores')} cores): times are inflated.")
     wall = f" ({m['wall_s']} s)" if m.get("wall_s") is not None else ""
+    stale = _stale_parts(m)
+    if stale:
+        busy += (f" **Measured with an earlier {', '.join(stale)} than the shipped one: these "
+                 f"figures are out of date until this section is re-run.**")
     return (f"_Measured {m.get('measured')} on {where}; model: {m.get('model')}; "
             f"reproduce: `{m.get('command')}`{wall}.{busy}_")
 
@@ -200,7 +214,12 @@ def _ablation(abl):
     return out
 
 
-def render(results, references):
+def render(results, references, current_weights=None):
+    """BENCHMARKS.md text from the sections' results; ``current_weights``: the shipped
+    model's fingerprint (bench.run_benchmarks.model_fingerprint), to flag out-of-date
+    sections."""
+    CURRENT_WEIGHTS.clear()
+    CURRENT_WEIGHTS.update(current_weights or {})
     out = ["# Benchmarks", "",
            "Regenerate with `.venv/bin/python bench/run_benchmarks.py` (needs `../shared/data/"
            "dsb2018`); each section can be re-measured alone with `--sections NAME`. Metrics: "

@@ -369,10 +369,42 @@ def load_results():
     return {p.stem: json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))}
 
 
+# what each section's numbers depend on (default: every network and the post-processing values)
+SECTION_PARTS = {"size": ("preseg",), "tuning": ("main", "preseg", "unet")}
+MODEL_PARTS = ("main", "preseg", "unet", "postprocess")
+
+
+def model_fingerprint(model=None, parts=MODEL_PARTS):
+    """Short sha256 of each part of a model folder (network files, post-processing values),
+    stored with each section's results so the report can tell which figures were measured
+    with weights that are no longer the ones given."""
+    import hashlib
+
+    from nucleaizer_backend.models.io import (INFO_FILE, MAIN_FILE, PRESEG_FILE, UNET_FILE,
+                                              resolve_model_path)
+
+    folder = resolve_model_path(model)
+    if not folder.is_dir():
+        folder = folder.parent
+    files = {"main": MAIN_FILE, "preseg": PRESEG_FILE, "unet": UNET_FILE}
+    out = {}
+    for part in parts:
+        if part == "postprocess":
+            info = folder / INFO_FILE
+            data = json.dumps(json.loads(info.read_text()).get("postprocess", {}) if
+                              info.is_file() else {}, sort_keys=True).encode()
+        elif (folder / files[part]).is_file():
+            data = (folder / files[part]).read_bytes()
+        else:
+            continue
+        out[part] = hashlib.sha256(data).hexdigest()[:12]
+    return out
+
+
 def write_markdown(results):
     from bench.report import render
 
-    (ROOT / "BENCHMARKS.md").write_text(render(results, REFERENCES))
+    (ROOT / "BENCHMARKS.md").write_text(render(results, REFERENCES, model_fingerprint()))
 
 
 def main():
@@ -401,7 +433,9 @@ def main():
                                               round(os.getloadavg()[0], 2)],
                             "command": f"python bench/run_benchmarks.py --sections {name}"
                                        + (f" --threads {args.threads}" if args.threads else ""),
-                            "model": args.model or "shipped default"}
+                            "model": args.model or "shipped default",
+                            "weights": model_fingerprint(
+                                args.model, SECTION_PARTS.get(name, MODEL_PARTS))}
             (RESULTS / f"{name}.json").write_text(json.dumps(res, indent=1))
     write_markdown(load_results())
     print("BENCHMARKS.md written")
