@@ -57,11 +57,23 @@ def _model_facts():
                      f"x {meta.get('crop')} px crops, lr {cfg.get('lr')}, "
                      f"{hist.get('mean_sec_per_step')} s/step on "
                      f"{info[kind].get('compute', info.get('compute'))}"
-                     + (f"; init from `{cfg.get('init')}`" if cfg.get("init") else ""))
+                     + (f"; init from `{cfg.get('init')}`" if cfg.get("init") else "")
+                     + _previous_stage(hist.get("previous")))
     post = info.get("postprocess")
     if post:
         lines.append("- **post-processing**: " + ", ".join(f"{k} = {v:g}" for k, v in post.items()))
     return lines
+
+
+def _previous_stage(prev):
+    """ ', which was: ...' for a network trained on from an earlier shipped one."""
+    if not prev:
+        return ""
+    meta, hist = prev.get("meta", {}), prev.get("history", {})
+    cfg = hist.get("config", {})
+    return (f", which was {meta.get('steps')} steps of run {hist.get('run')} (lr {cfg.get('lr')}"
+            + (f", init from `{cfg['init']}`" if cfg.get("init") else ", from scratch") + ")"
+            + _previous_stage(hist.get("previous")))
 
 
 def _tuning(tun):

@@ -43,6 +43,12 @@ def run_history(network_file):
     return out
 
 
+def continues_shipped(history, shipped_file):
+    """True when the run started from ``shipped_file`` (its config's --init)."""
+    init = history.get("config", {}).get("init")
+    return bool(init) and (ROOT / init).resolve() == Path(shipped_file).resolve()
+
+
 def keep_run_record(network_file, docs):
     run = Path(network_file).parent
     dest = docs / run.name
@@ -84,9 +90,15 @@ def main():
     for kind, name in NETWORKS.items():
         src = getattr(args, kind)
         if src:
+            history = run_history(src)
+            if continues_shipped(history, out / name) and kind in old:
+                # trained on from the network it replaces: keep how that one was made
+                history["previous"] = {"meta": old[kind]["meta"],
+                                       "history": old[kind].get("history", {}),
+                                       "compute": old[kind].get("compute")}
             shutil.copyfile(src, out / name)
             info[kind] = {"file": name, "meta": read_network_meta(out / name),
-                          "history": run_history(src), "compute": args.compute}
+                          "history": history, "compute": args.compute}
             keep_run_record(src, Path(args.docs))
         elif kind in old:
             info[kind] = old[kind]
