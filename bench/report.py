@@ -29,9 +29,13 @@ def _meta_line(res):
         where += f", GPU {mc['gpu']}"
     load = m.get("load_avg_1min")
     busy = ""
-    if load and max(load) > (mc.get("cores") or 1) + 0.5:
+    if load and max(load + [m.get("load_avg_15min_end", 0)]) > (mc.get("cores") or 1) + 0.5:
         busy = (f" The CPU was shared with other jobs (load average {load[0]:g} -> {load[1]:g} "
-                f"on {mc.get('cores')} cores): times are inflated.")
+                f"on {mc.get('cores')} cores"
+                + (f", {m['load_avg_15min_end']:g} over the last 15 min"
+                   if "load_avg_15min_end" in m else "") + "): times are inflated.")
+    if m.get("note"):
+        busy += f" {m['note']}"
     wall = f" ({m['wall_s']} s)" if m.get("wall_s") is not None else ""
     stale = _stale_parts(m)
     if stale:
@@ -80,6 +84,7 @@ def _tuning(tun):
     if not tun:
         return []
     fmt = lambda s: f"{s['dsb']:.3f} | {s['dsb_fluo']:.3f} | {s['dsb_he']:.3f}"  # noqa: E731
+    gap = abs(tun["all_val"]["dsb"] - tun["cv"]["dsb"])
     out = ["## Post-processing parameters (val, automatic size)", "", _meta_line(tun), "",
            "p1..p6 and the detection confidence searched by `nucleaizer tune` (coordinate "
            "descent over a grid, 2 rounds) on cached network outputs of the val images.", "",
@@ -97,11 +102,10 @@ def _tuning(tun):
            "Why the paper's values lose here: they were found by a genetic search for the "
            "paper's own networks. Our U-Net rarely reaches p3 = 0.9375 at the rim of a nucleus, "
            "so the contour step peels correct pixels off most nuclei and p6 = 0.8 drops "
-           "correct ones (on 22 val images at their true size: 0.487 without post-processing, "
-           "0.350 with the "
-           "paper's U-Net values alone). Both folds choose almost the same values (p3 0.5, "
-           "inward correction only, p1 0.5, p2 150, confidence 0.7-0.8), and the "
-           "cross-validated score is within 0.002 of the in-sample one. Values tuned on train "
+           "correct ones (measured with the first shipped networks, on 22 val images at their "
+           "true size: 0.487 without post-processing, 0.350 with the paper's U-Net values "
+           f"alone). The cross-validated score is within {gap:.3f} of the in-sample one, so "
+           "the values are not fitted to particular val images. Values tuned on train "
            "images instead do not transfer (docs/training/experiments/"
            "postprocess-tuned-on-train.md).", ""]
     return out

@@ -431,6 +431,8 @@ def main():
                             # > cores: other jobs shared the CPU, timings are inflated
                             "load_avg_1min": [round(load_before, 2),
                                               round(os.getloadavg()[0], 2)],
+                            # over the last 15 min: catches jobs that came and went meanwhile
+                            "load_avg_15min_end": round(os.getloadavg()[2], 2),
                             "command": f"python bench/run_benchmarks.py --sections {name}"
                                        + (f" --threads {args.threads}" if args.threads else ""),
                             "model": args.model or "shipped default",
