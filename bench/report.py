@@ -39,8 +39,8 @@ def _meta_line(res):
     wall = f" ({m['wall_s']} s)" if m.get("wall_s") is not None else ""
     stale = _stale_parts(m)
     if stale:
-        busy += (f" **Measured with an earlier {', '.join(stale)} than the shipped one: these "
-                 f"figures are out of date until this section is re-run.**")
+        busy += (f" **Measured with earlier weights ({', '.join(stale)}) than the shipped "
+                 f"ones: these figures are out of date until this section is re-run.**")
     return (f"_Measured {m.get('measured')} on {where}; model: {m.get('model')}; "
             f"reproduce: `{m.get('command')}`{wall}.{busy}_")
 

@@ -53,4 +53,4 @@ def test_report_flags_sections_measured_with_other_weights():
     assert "out of date" not in render(_size_results({"preseg": "bbb"}), {},
                                        {**current, "main": "new"})
     stale = render(_size_results({"preseg": "old"}), {}, current)
-    assert "Measured with an earlier preseg than the shipped one" in stale
+    assert "Measured with earlier weights (preseg) than the shipped ones" in stale
