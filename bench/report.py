@@ -11,14 +11,19 @@ def _median(values):
     return float(np.median(values)) if values else float("nan")
 
 
-CURRENT_WEIGHTS = {}  # fingerprint of the shipped model, set by render()
-
-
-def _stale_parts(m):
+def _stale_parts(m, current_weights):
     """Parts of the shipped model that changed since this section was measured with it."""
-    if m.get("model") != "shipped default" or not CURRENT_WEIGHTS:
+    if m.get("model") != "shipped default" or not current_weights:
         return []
-    return [k for k, v in m.get("weights", {}).items() if CURRENT_WEIGHTS.get(k) != v]
+    return [k for k, v in m.get("weights", {}).items() if current_weights.get(k) != v]
+
+
+def _flag_stale(res, current_weights):
+    """A copy of one section's results whose ``_meta["stale"]`` lists the out-of-date parts."""
+    if not isinstance(res, dict) or "_meta" not in res:
+        return res
+    return {**res, "_meta": {**res["_meta"],
+                             "stale": _stale_parts(res["_meta"], current_weights)}}
 
 
 def _meta_line(res):
@@ -37,7 +42,7 @@ def _meta_line(res):
     if m.get("note"):
         busy += f" {m['note']}"
     wall = f" ({m['wall_s']} s)" if m.get("wall_s") is not None else ""
-    stale = _stale_parts(m)
+    stale = m.get("stale", [])
     if stale:
         busy += (f" **Measured with earlier weights ({', '.join(stale)}) than the shipped "
                  f"ones: these figures are out of date until this section is re-run.**")
@@ -234,8 +239,7 @@ def render(results, references, current_weights=None):
     """BENCHMARKS.md text from the sections' results; ``current_weights``: the shipped
     model's fingerprint (bench.run_benchmarks.model_fingerprint), to flag out-of-date
     sections."""
-    CURRENT_WEIGHTS.clear()
-    CURRENT_WEIGHTS.update(current_weights or {})
+    results = {name: _flag_stale(res, current_weights) for name, res in results.items()}
     out = ["# Benchmarks", "",
            "Regenerate with `.venv/bin/python bench/run_benchmarks.py` (needs `../shared/data/"
            "dsb2018`); each section can be re-measured alone with `--sections NAME`. Metrics: "

@@ -380,21 +380,19 @@ def model_fingerprint(model=None, parts=MODEL_PARTS):
     with weights that are no longer the ones given."""
     import hashlib
 
-    from nucleaizer_backend.models.io import (INFO_FILE, MAIN_FILE, PRESEG_FILE, UNET_FILE,
-                                              resolve_model_path)
+    from nucleaizer_backend.models.io import INFO_FILE, NETWORK_FILES, resolve_model_path
 
     folder = resolve_model_path(model)
     if not folder.is_dir():
         folder = folder.parent
-    files = {"main": MAIN_FILE, "preseg": PRESEG_FILE, "unet": UNET_FILE}
     out = {}
     for part in parts:
         if part == "postprocess":
             info = folder / INFO_FILE
             data = json.dumps(json.loads(info.read_text()).get("postprocess", {}) if
                               info.is_file() else {}, sort_keys=True).encode()
-        elif (folder / files[part]).is_file():
-            data = (folder / files[part]).read_bytes()
+        elif (folder / NETWORK_FILES[part]).is_file():
+            data = (folder / NETWORK_FILES[part]).read_bytes()
         else:
             continue
         out[part] = hashlib.sha256(data).hexdigest()[:12]

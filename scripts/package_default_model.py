@@ -19,11 +19,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from nucleaizer_backend.models.io import (DEFAULT_MODEL_DIR, INFO_FILE, MAIN_FILE,  # noqa: E402
-                                          PRESEG_FILE, UNET_FILE, read_network_meta)
+from nucleaizer_backend.models.io import (DEFAULT_MODEL_DIR, INFO_FILE,  # noqa: E402
+                                          NETWORK_FILES, read_network_meta)
 from nucleaizer_backend.refine import PostprocessParams  # noqa: E402
-
-NETWORKS = {"main": MAIN_FILE, "preseg": PRESEG_FILE, "unet": UNET_FILE}
 
 
 def run_history(network_file):
@@ -60,7 +58,7 @@ def keep_run_record(network_file, docs):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for kind in NETWORKS:
+    for kind in NETWORK_FILES:
         ap.add_argument(f"--{kind}", help=f"{kind} network file (default: keep the current one)")
     ap.add_argument("--postprocess-from", help="model.json written by `nucleaizer tune` whose "
                     "post-processing values (and tuning record) to store (default: keep the "
@@ -87,7 +85,7 @@ def main():
         "trained_nucleus_diameter_px": None,
         "compute": old.get("compute", args.compute),
     }
-    for kind, name in NETWORKS.items():
+    for kind, name in NETWORK_FILES.items():
         src = getattr(args, kind)
         if src:
             history = run_history(src)

@@ -23,6 +23,8 @@ from .unet import UNetConfig, build_unet
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "weights" / "default"
 MAIN_FILE, PRESEG_FILE, UNET_FILE = "main.safetensors", "preseg.safetensors", "unet.safetensors"
+#: the networks of a model folder, by role
+NETWORK_FILES = {"main": MAIN_FILE, "preseg": PRESEG_FILE, "unet": UNET_FILE}
 INFO_FILE = "model.json"
 _META_KEY = "nucleaizer"
 
