@@ -27,15 +27,15 @@ stage runs/main-s1 4000 --kind main --lr 1.5e-3 --warmup 300 --val-every 1500 --
 # step 1500, so its first 1500 steps had a slightly higher learning rate than this command's).
 stage runs/main-s3 5000 --kind main --init runs/main-s1/best.safetensors --lr 1e-3 \
   --warmup 200 --val-every 2000 --seed 2 --threads "$T"
-# preseg: the stage-1 main network fine-tuned with scale augmentation (nuclei 12-100 px).
-stage runs/preseg-s1 1200 --kind preseg --init runs/main-s1/best.safetensors --lr 5e-4 \
+# preseg: the stage-2 main network fine-tuned with scale augmentation (nuclei 12-100 px).
+stage runs/preseg-s2 1200 --kind preseg --init runs/main-s3/last.safetensors --lr 5e-4 \
   --warmup 100 --val-every 600 --threads "$T"
 
 # Refinement U-Net: foreground probability at the 40 px working scale, from random init.
 stage runs/unet-s1 2500 --kind unet --batch-size 4 --lr 1e-3 --val-every 500 --threads "$T"
 
 .venv/bin/python scripts/package_default_model.py \
-  --main runs/main-s3/last.safetensors --preseg runs/preseg-s1/best.safetensors \
+  --main runs/main-s3/last.safetensors --preseg runs/preseg-s2/best.safetensors \
   --unet runs/unet-s1/best.safetensors
 # Post-processing values (p1..p6, confidence): nucleaizer tune's search on the val split,
 # with 2-fold cross-validation for an honest estimate (BENCHMARKS.md, "Post-processing").
