@@ -114,29 +114,52 @@ def identify_primary_objects(image):
     return objects.get_objects("Nuclei").segmented
 
 
-def section_accuracy(model):
+def score_rows(rows, predict):
+    """Scores (evaluate.score_image) of ``predict(image, row) -> labels`` on the rows' images,
+    and the seconds each prediction took."""
+    from nucleaizer_backend.evaluate import score_image
+
+    scores, seconds = [], []
+    for r in rows:
+        img, truth = load_pair(r)
+        t0 = time.perf_counter()
+        pred = predict(img, r)
+        seconds.append(time.perf_counter() - t0)
+        scores.append(score_image(truth, pred))
+    return scores, seconds
+
+
+def dsb_by_style(rows, scores):
+    """Mean DSB score of each style's images: {"dsb_fluo": ..., "dsb_he": ...}."""
+    return {f"dsb_{style}": float(np.mean([sc.dsb for r, sc in zip(rows, scores)
+                                           if r["style"] == style])) for style in ("fluo", "he")}
+
+
+def segmenter(model, true_size=False):
+    """``predict(image, row)`` for score_rows: segment_image's labels with automatic size, or
+    with the row's true median nucleus diameter."""
     from nucleaizer_backend import segment_image
-    from nucleaizer_backend.evaluate import score_image, summarize
+
+    def predict(img, row):
+        d = float(row["median_diameter_px"]) if true_size else None
+        return segment_image(img, model=model, diameter=d, device="cpu").labels
+
+    return predict
+
+
+def section_accuracy(model):
+    from nucleaizer_backend.evaluate import summarize
 
     rows = index_rows("val")
     out = {"images": len(rows)}
-    for mode in ("auto", "true_size", "identifyprimaryobjects"):
-        scores, seconds = [], []
-        for r in rows:
-            img, truth = load_pair(r)
-            t0 = time.perf_counter()
-            if mode == "identifyprimaryobjects":
-                pred = identify_primary_objects(img)
-            else:
-                d = float(r["median_diameter_px"]) if mode == "true_size" else None
-                pred = segment_image(img, model=model, diameter=d, device="cpu").labels
-            seconds.append(time.perf_counter() - t0)
-            scores.append(score_image(truth, pred))
+    predictors = {"auto": segmenter(model), "true_size": segmenter(model, true_size=True),
+                  "identifyprimaryobjects": lambda img, row: identify_primary_objects(img)}
+    for mode, predict in predictors.items():
+        scores, seconds = score_rows(rows, predict)
         s = summarize(scores, [r["id"] for r in rows])
+        s.update(dsb_by_style(rows, scores))
         for style in ("fluo", "he"):
-            sel = [sc for r, sc in zip(rows, scores) if r["style"] == style]
-            s[f"dsb_{style}"] = float(np.mean([x.dsb for x in sel]))
-            s[f"images_{style}"] = len(sel)
+            s[f"images_{style}"] = sum(r["style"] == style for r in rows)
         s["seconds_mean"] = float(np.mean(seconds))
         out[mode] = s
         print(f"accuracy {mode}: DSB {s['dsb']:.3f} (fluo {s['dsb_fluo']:.3f}, he {s['dsb_he']:.3f})")
@@ -214,9 +237,8 @@ def section_ablation(model, configs=ABLATION):
     for key, label, kwargs in configs:
         s = summarize(scores[key], [r["id"] for r in rows])
         s["label"], s["kwargs"] = label, kwargs
+        s.update(dsb_by_style(rows, scores[key]))
         for style in ("fluo", "he"):
-            sel = [sc for r, sc in zip(rows, scores[key]) if r["style"] == style]
-            s[f"dsb_{style}"] = float(np.mean([x.dsb for x in sel]))
             s[f"seconds_{style}"] = float(np.mean(
                 [t for r, t in zip(rows, seconds[key]) if r["style"] == style]))
         s["seconds_mean"] = float(np.mean(seconds[key]))

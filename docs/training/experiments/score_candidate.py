@@ -9,20 +9,13 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))
-from bench.run_benchmarks import index_rows, load_pair  # noqa: E402
-from nucleaizer_backend import segment_image  # noqa: E402
-from nucleaizer_backend.evaluate import score_image  # noqa: E402
+from bench.run_benchmarks import dsb_by_style, index_rows, score_rows, segmenter  # noqa: E402
 
 torch.set_num_threads(2)
 true_size = "--true-size" in sys.argv
+rows = index_rows("val")
 for model in [a for a in sys.argv[1:] if not a.startswith("--")]:
-    styles, dsb = [], []
-    for r in index_rows("val"):
-        img, truth = load_pair(r)
-        d = float(r["median_diameter_px"]) if true_size else None
-        styles.append(r["style"])
-        dsb.append(score_image(truth, segment_image(img, model=model, diameter=d,
-                                                    device="cpu").labels).dsb)
-    dsb, styles = np.array(dsb), np.array(styles)
-    print(f"{model}: DSB {dsb.mean():.3f} fluo {dsb[styles == 'fluo'].mean():.3f} "
-          f"he {dsb[styles == 'he'].mean():.3f}")
+    scores, _ = score_rows(rows, segmenter(model, true_size))
+    s = dsb_by_style(rows, scores)
+    print(f"{model}: DSB {np.mean([x.dsb for x in scores]):.3f} fluo {s['dsb_fluo']:.3f} "
+          f"he {s['dsb_he']:.3f}")

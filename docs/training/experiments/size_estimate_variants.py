@@ -5,7 +5,6 @@
     python docs/training/experiments/size_estimate_variants.py val
     python docs/training/experiments/size_estimate_variants.py train 150
 """
-import csv
 import sys
 from pathlib import Path
 
@@ -15,14 +14,12 @@ import torch
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))
+from bench.run_benchmarks import index_rows, load_pair  # noqa: E402
 from nucleaizer_backend import load_model, segment_image  # noqa: E402
-from nucleaizer_backend.imageio_utils import read_image  # noqa: E402
 from nucleaizer_backend.labels import equivalent_diameters  # noqa: E402
 from nucleaizer_backend.preprocess import normalize_image  # noqa: E402
 from nucleaizer_backend.size import find_nuclei  # noqa: E402
-from nucleaizer_backend.train.data import read_labels  # noqa: E402
 
-DATA = ROOT.parent / "shared" / "data" / "dsb2018"
 CPU = torch.device("cpu")
 
 
@@ -42,15 +39,15 @@ def variants(img, bundle, second_pass):
 
 
 def main(split, limit=None):
-    rows = [r for r in csv.DictReader(open(DATA / "index.csv")) if r["split"] == split]
+    rows = index_rows(split)
     if limit:
         pick = np.random.default_rng(0).choice(len(rows), limit, replace=False)
         rows = [rows[i] for i in sorted(pick)]
     bundle = load_model(None, CPU)
     hits, styles = {}, []
     for i, r in enumerate(rows):
-        img = read_image(DATA / split / "images" / f"{r['id']}.png")
-        true = np.median(equivalent_diameters(read_labels(DATA / split / "labels" / f"{r['id']}.tif")))
+        img, labels = load_pair(r)
+        true = np.median(equivalent_diameters(labels))
         styles.append(r["style"])
         for name, d in variants(img, bundle, second_pass=split == "val").items():
             hits.setdefault(name, []).append(abs(d / true - 1) <= 0.2)
