@@ -33,10 +33,13 @@ stage runs/preseg-s2 1200 --kind preseg --init runs/main-s3/last.safetensors --l
 
 # Refinement U-Net: foreground probability at the 40 px working scale, from random init.
 stage runs/unet-s1 2500 --kind unet --batch-size 4 --lr 1e-3 --val-every 500 --threads "$T"
+# ... trained on from its val-selected weights (step 1000) at half the learning rate.
+stage runs/unet-s2 3000 --kind unet --batch-size 4 --init runs/unet-s1/best.safetensors \
+  --lr 5e-4 --warmup 100 --val-every 500 --seed 1 --threads "$T"
 
 .venv/bin/python scripts/package_default_model.py \
   --main runs/main-s3/last.safetensors --preseg runs/preseg-s2/best.safetensors \
-  --unet runs/unet-s1/best.safetensors
+  --unet runs/unet-s2/best.safetensors
 # Post-processing values (p1..p6, confidence): nucleaizer tune's search on the val split,
 # with 2-fold cross-validation for an honest estimate (BENCHMARKS.md, "Post-processing").
 .venv/bin/python bench/run_benchmarks.py --sections tuning
