@@ -22,6 +22,7 @@ sys.path.insert(0, str(ROOT))
 from nucleaizer_backend.models.io import (DEFAULT_MODEL_DIR, INFO_FILE,  # noqa: E402
                                           NETWORK_FILES, read_network_meta)
 from nucleaizer_backend.refine import PostprocessParams  # noqa: E402
+from nucleaizer_backend.train.loop import read_run_log  # noqa: E402
 
 
 def run_history(network_file):
@@ -33,7 +34,7 @@ def run_history(network_file):
     if cfg.is_file():
         out["config"] = json.loads(cfg.read_text())
     if log.is_file():
-        recs = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
+        recs = read_run_log(log)
         steps = [r for r in recs if "sec_per_step" in r]
         if steps:
             out["mean_sec_per_step"] = round(sum(r["sec_per_step"] for r in steps) / len(steps), 3)

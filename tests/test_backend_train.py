@@ -15,7 +15,7 @@ import torch
 from nucleaizer_backend import cli, segment_image
 from nucleaizer_backend.models.io import read_network_meta
 from nucleaizer_backend.train.data import find_pairs, load_dataset
-from nucleaizer_backend.train.loop import TrainConfig, train
+from nucleaizer_backend.train.loop import TrainConfig, read_run_log, train
 
 # matplotlib (curve.png) triggers pyparsing deprecation warnings that are not ours
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -108,6 +108,23 @@ def test_same_seed_same_weights_and_resume_is_seamless(train_data, tmp_path, mon
 
     d = model_state(run("d", steps=3, seed=4))
     assert not same_weights(a["model"], d["model"]), "the seed has no effect"
+
+
+def test_log_of_a_resumed_run_shows_each_step_once(tmp_path):
+    """A run stopped at step 60 after its last checkpoint at 40 and resumed from there: the
+    lines of the lost steps 41-60 are not in the run's log as read (curve, model.json)."""
+    lines = [{"event": "start", "step": 0}, {"step": 20, "loss": 1.0}, {"step": 40, "loss": 0.9},
+             {"step": 40, "val_dsb": 0.3}, {"step": 60, "loss": 0.8},
+             {"event": "start", "step": 40}, {"step": 60, "loss": 0.7}, {"step": 80, "loss": 0.6},
+             {"note": "no step"}]
+    log = tmp_path / "log.jsonl"
+    log.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    got = read_run_log(log)
+    assert [r.get("loss") for r in got if "loss" in r] == [1.0, 0.9, 0.7, 0.6]
+    assert [r for r in got if "val_dsb" in r] == [{"step": 40, "val_dsb": 0.3}]
+    assert [r["step"] for r in got if r.get("event") == "start"] == [0, 40]
+    assert got[-1] == {"note": "no step"}
+    assert read_run_log(tmp_path / "missing.jsonl") == []
 
 
 class CodeOnLoad:

@@ -674,6 +674,7 @@ def _style_steps(s, n):
 
 def _stage_styles(work, targets, s, report):
     from ..models.io import read_network_meta
+    from ..train.loop import read_run_log
     from .pix2pix_train import GENERATOR_FILE, StyleTrainConfig, raw_image_to_unit, \
         train_style_model
 
@@ -700,19 +701,12 @@ def _stage_styles(work, targets, s, report):
             train_style_model(pairs, run_dir, cfg, resume=True, progress=progress)
         before += steps
         report("styles", before, total, {"style": k})
-        log = [r for r in _read_jsonl(run_dir / "log.jsonl") if "loss_g_l1" in r]
+        log = [r for r in read_run_log(run_dir / "log.jsonl") if "loss_g_l1" in r]
         runs.append({"style": k, "images": len(_mask_images(st)), "steps": steps,
                      "final_loss_g_l1": log[-1]["loss_g_l1"] if log else None,
                      "sec_per_step": float(np.mean([r["sec_per_step"] for r in log]))
                      if log else None})
     return {"styles": runs, "total_steps": total}
-
-
-def _read_jsonl(path):
-    path = Path(path)
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def _synthetic_shape(stats, s):
@@ -817,14 +811,14 @@ def _stage_finetune(work, s, base, report):
 
 def _train_run(cfg, stage, report):
     """Run (or resume) a training of a fine-tune stage; returns (run folder, its log lines)."""
-    from ..train.loop import train
+    from ..train.loop import read_run_log, train
 
     try:
         run = train(cfg, resume=True,
                     progress=lambda step, total, inf: report(stage, step, total, inf))
     except ValueError as e:  # e.g. no replay image of the asked styles
         raise NucleaizerError(str(e)) from None
-    return run, _read_jsonl(Path(run) / "log.jsonl")
+    return run, read_run_log(Path(run) / "log.jsonl")
 
 
 def _loss_summary(log):

@@ -200,6 +200,25 @@ def read_styles(folder):
     return {}
 
 
+def read_run_log(path):
+    """The records of a run's ``log.jsonl`` as the run now stands: a run resumed from a
+    checkpoint at step S appends a start line with step S, and the lines written before it
+    for steps after S (work lost when the run stopped) are dropped, so curves and summaries
+    show each step once. Lines without a step are kept. [] when there is no log."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        rec = json.loads(line)
+        if rec.get("event") == "start":
+            records = [r for r in records if r.get("step", -1) <= rec.get("step", 0)]
+        records.append(rec)
+    return records
+
+
 class RunFolder:
     def __init__(self, out):
         self.dir = Path(out)
@@ -212,9 +231,7 @@ class RunFolder:
             f.write(json.dumps(record) + "\n")
 
     def read_log(self):
-        if not self.log.is_file():
-            return []
-        return [json.loads(line) for line in self.log.read_text().splitlines() if line.strip()]
+        return read_run_log(self.log)
 
     def save_checkpoint(self, state, rng):
         """Write ``state`` (tensors, state dicts, numbers) plus the numpy ``rng``'s and
