@@ -390,7 +390,7 @@ model, e.g. ``adapted_\\g<Plate>``.""".format(
             PRESET_QUICK,
             doc="""\
 -  *%(PRESET_QUICK)s:* short training schedules (at most 4 styles, 200-400 style-model steps
-   per style, 400 fine-tuning steps): 30-40 minutes for 20 images on a 2-core CPU
+   per style, 400 fine-tuning steps): 25-30 minutes for 20 images on a 2-core CPU
    (measured per stage; see the backend's ``style/adapt.py``), less on a GPU.
 -  *%(PRESET_FULL)s:* the paper's schedules (up to 100 styles, 2000-20000 style-model steps
    per style, 3000 fine-tuning steps): hours on a CPU; a GPU is recommended.

@@ -73,8 +73,8 @@ takes 1.5-3 s), fine-tune 9.2 min (1.37 s per step), package 2 s: **22.6 minutes
 2.3 GB peak memory. The most pix2pix steps 20 images can cost is 932 (4 styles of 3, 3, 3,
 11 images: 200 + 200 + 200 + 332), about 15 minutes, so about 27 minutes at worst on one
 thread of this CPU (two threads not measured: the other core was busy). With the U-Net stage
-(``bench/run_benchmarks.py --sections adapt_speed --threads 1``, CPU shared with other
-jobs, so inflated): 39.9 minutes, of which styles 24.4, fine-tune 10.1, U-Net 3.9.
+(``bench/run_benchmarks.py --sections adapt_speed --threads 1``, otherwise idle CPU):
+25.4 minutes, of which styles 11.5, fine-tune 9.1, U-Net 4.0.
 
 ``full`` (paper-like; GPU recommended): ``steps_for(n, "full")`` = clip(1000 sqrt(n), 2000,
 20000) pix2pix steps per style at pix2pix's lr 2e-4 (30 minutes to 5 hours per style on this
