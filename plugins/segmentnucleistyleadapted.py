@@ -299,7 +299,9 @@ See the project's BENCHMARKS.md for what each step is worth."""
             doc="""\
 Select *Yes* to segment each image six times (as it is, flipped, rotated by 90, 180 and
 270 degrees) and keep the nuclei found in most versions, with outlines by pixel majority.
-Slightly more robust outlines at about six times the run time.""",
+About three times the run time. With the shipped model it does not pay on the DSB 2018 val
+images (DSB 0.565 with it, 0.569 without; a little better on H&E, a little worse on
+fluorescence; see BENCHMARKS.md); it may with other models or images.""",
         )
 
         self.params_choice = Choice(

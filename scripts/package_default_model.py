@@ -11,6 +11,7 @@ and the post-processing parameters) and keeps each run's config.json, log.jsonl 
 curve.png under docs/training/<run>/ so the training can be read later.
 """
 import argparse
+import filecmp
 import json
 import shutil
 import sys
@@ -43,9 +44,15 @@ def run_history(network_file):
 
 
 def continues_shipped(history, shipped_file):
-    """True when the run started from ``shipped_file`` (its config's --init)."""
+    """True when the run started from ``shipped_file``: its config's --init is that file, or
+    a file with the same bytes (e.g. the run folder's network that was packaged as it)."""
     init = history.get("config", {}).get("init")
-    return bool(init) and (ROOT / init).resolve() == Path(shipped_file).resolve()
+    if not init or not Path(shipped_file).is_file():
+        return False
+    init = ROOT / init
+    shipped = Path(shipped_file)
+    return init.resolve() == shipped.resolve() or (
+        init.is_file() and filecmp.cmp(init, shipped, shallow=False))
 
 
 def keep_run_record(network_file, docs):

@@ -36,10 +36,13 @@ stage runs/unet-s1 2500 --kind unet --batch-size 4 --lr 1e-3 --val-every 500 --t
 # ... trained on from its val-selected weights (step 1000) at half the learning rate.
 stage runs/unet-s2 3000 --kind unet --batch-size 4 --init runs/unet-s1/best.safetensors \
   --lr 5e-4 --warmup 100 --val-every 500 --seed 1 --threads "$T"
+# ... and once more with colour (H&E) and gray images at 50% each.
+stage runs/unet-s3-colour50 1500 --kind unet --batch-size 4 --init runs/unet-s2/best.safetensors \
+  --lr 3e-4 --warmup 50 --val-every 500 --min-colour-share 0.5 --seed 2 --threads "$T"
 
 .venv/bin/python scripts/package_default_model.py \
   --main runs/main-s3/last.safetensors --preseg runs/preseg-s2/best.safetensors \
-  --unet runs/unet-s2/best.safetensors
+  --unet runs/unet-s3-colour50/best.safetensors
 # Post-processing values (p1..p6, confidence): nucleaizer tune's search on the val split,
 # with 2-fold cross-validation for an honest estimate (BENCHMARKS.md, "Post-processing").
 .venv/bin/python bench/run_benchmarks.py --sections tuning
