@@ -74,7 +74,7 @@ takes 1.5-3 s), fine-tune 9.2 min (1.37 s per step), package 2 s: **22.6 minutes
 11 images: 200 + 200 + 200 + 332), about 15 minutes, so about 27 minutes at worst on one
 thread of this CPU (two threads not measured: the other core was busy). With the U-Net stage
 (``bench/run_benchmarks.py --sections adapt_speed --threads 1``, otherwise idle CPU):
-25.4 minutes, of which styles 11.5, fine-tune 9.1, U-Net 4.0.
+25.3 minutes, of which styles 11.3, fine-tune 9.5, U-Net 3.7.
 
 ``full`` (paper-like; GPU recommended): ``steps_for(n, "full")`` = clip(1000 sqrt(n), 2000,
 20000) pix2pix steps per style at pix2pix's lr 2e-4 (30 minutes to 5 hours per style on this
