@@ -101,7 +101,7 @@ def cmd_train(args):
                       warmup=args.warmup, checkpoint_every=args.checkpoint_every,
                       val_every=args.val_every, val_limit=args.val_limit, seed=args.seed,
                       threads=args.threads, device=args.device, init=args.init,
-                      min_colour_share=args.min_colour_share,
+                      min_colour_share=args.min_colour_share, stain_jitter=args.stain_jitter,
                       styles=args.styles.split(",") if args.styles else None,
                       synthetic=args.synthetic, synthetic_share=args.synthetic_share)
     bar = _progress_bar(args.steps, "train")
@@ -326,6 +326,9 @@ def build_parser():
     t.add_argument("--init", help="network file to start from")
     t.add_argument("--min-colour-share", type=float, default=0.3,
                    help="least share of samples for colour (stained) and for gray images")
+    t.add_argument("--stain-jitter", type=float, default=0.0,
+                   help="H&E stain jitter strength for colour images (0 = off, 0.05 mild, "
+                   "0.2 strong)")
     t.add_argument("--styles", help="train only on these styles (comma-separated, from the "
                    "data folder's index.csv), e.g. fluo")
     t.add_argument("--synthetic", help="folder of synthetic image + label pairs mixed in")

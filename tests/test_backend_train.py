@@ -222,3 +222,32 @@ def test_styles_filter_and_synthetic_share(train_data, tmp_path):
                       synthetic_share=0.5, **TINY))
     start = json.loads((run / "log.jsonl").read_text().splitlines()[0])
     assert start["synthetic_images"] == 2
+
+
+def test_stain_jitter_changes_stained_images_only(train_data, tmp_path):
+    """--stain-jitter: strength 0 gives the image back, a stained (H&E) crop gets new stain
+    amounts with its nuclei still bright, a fluorescence crop is left alone, and the strength
+    is kept in the run's config.json."""
+    from nucleaizer_backend.train.augment import CropSpec, jitter_stains, make_training_crop
+
+    items = {it.name: it for it in load_dataset(train_data)}
+    he = items["he_420f43d21dba"].image.astype(np.float32)
+    rng = np.random.default_rng(0)
+    assert np.abs(jitter_stains(he, 0.0, rng) - he).max() < 2e-3
+    jittered = jitter_stains(he, 0.2, np.random.default_rng(1))
+    assert jittered.shape == he.shape and 0.0 <= jittered.min() and jittered.max() <= 1.0
+    assert np.abs(jittered - he).mean() > 0.01  # the stains changed ...
+    nuclei = items["he_420f43d21dba"].labels > 0
+    assert jittered.mean(axis=-1)[nuclei].mean() > jittered.mean(axis=-1)[~nuclei].mean() + 0.1
+
+    def crop(name, strength):  # ... the same crop and photometric draws otherwise
+        spec = CropSpec(size=64, stain_jitter=strength)
+        return make_training_crop(items[name], spec, np.random.default_rng(5))[0]
+
+    assert np.array_equal(crop("fluo_0e5edb072788", 0.2), crop("fluo_0e5edb072788", 0.0))
+    assert not np.array_equal(crop("he_420f43d21dba", 0.2), crop("he_420f43d21dba", 0.0))
+    run = tmp_path / "stain"
+    assert cli.main(["train", "--data", str(train_data), "--out", str(run), "--steps", "1",
+                     "--batch-size", "1", "--crop", "64", "--threads", "1",
+                     "--stain-jitter", "0.1"]) == 0
+    assert json.loads((run / "config.json").read_text())["stain_jitter"] == 0.1

@@ -20,7 +20,7 @@ import torch
 from ..device import resolve_device
 from ..evaluate import score_image, summarize
 from ..models.io import build_network, save_network
-from .augment import CropSpec, make_training_crop, targets_from_labels
+from .augment import CropSpec, is_colour_image, make_training_crop, targets_from_labels
 from .data import load_dataset
 
 WORKING_DIAMETER = 40.0  # px: the main network's nucleus size (METHOD.md section 2)
@@ -48,29 +48,26 @@ class TrainConfig:
     init: str = None  # network file to start from (fine-tuning / next stage)
     architecture: dict = None
     min_colour_share: float = 0.3  # colour (e.g. H&E) and gray images: each at least this share
+    stain_jitter: float = 0.0  # HED stain jitter of colour crops (augment.jitter_stains; 0 = off)
     styles: list = None  # train only on images of these styles (data folder's index.csv)
     synthetic: str = None  # folder of synthetic image + label pairs (style adaptation)
     synthetic_share: float = 0.3  # fraction of crops drawn from ``synthetic``
 
     def crop_spec(self):
         if self.kind == "preseg":
-            return CropSpec(size=self.crop, scale_range=PRESEG_RANGE)
+            return CropSpec(size=self.crop, scale_range=PRESEG_RANGE,
+                            stain_jitter=self.stain_jitter)
         if self.kind in ("main", "unet"):
-            return CropSpec(size=self.crop, target_diameter=WORKING_DIAMETER)
+            return CropSpec(size=self.crop, target_diameter=WORKING_DIAMETER,
+                            stain_jitter=self.stain_jitter)
         raise ValueError(f"unknown model kind {self.kind!r} (main, preseg or unet)")
-
-
-def is_colour(item):
-    """True for an image whose channels differ (stained brightfield), False for gray."""
-    img = item.image[::4, ::4].astype(np.float32)
-    return float(np.abs(img - img.mean(axis=-1, keepdims=True)).mean()) > 0.02
 
 
 def sampling_weights(items, min_share):
     """Per-image sampling probabilities: uniform, except that colour and gray images each
     get at least ``min_share`` of the samples (the rarer style is not drowned out).
     Returns (probabilities, colour flags), both (N,)."""
-    colour = np.array([is_colour(it) for it in items])
+    colour = np.array([is_colour_image(it.image) for it in items])
     p = np.full(len(items), 1.0 / len(items))
     n_colour = int(colour.sum())
     if 0 < n_colour < len(items) and min_share > 0:
