@@ -26,7 +26,10 @@ def _flag_stale(res, current_weights):
                              "stale": _stale_parts(res["_meta"], current_weights)}}
 
 
-def _meta_line(res):
+def _meta_line(res, loads_cpu_itself=False):
+    """The italic line under a section title: when, where, how to reproduce, and warnings.
+    ``loads_cpu_itself``: the section runs parallel processes, so only the load average
+    before it started tells whether other jobs shared the CPU."""
     m = res.get("_meta", {})
     mc = m.get("machine", {})
     where = f"{mc.get('cores')}-core CPU ({mc.get('cpu')}), torch {mc.get('torch')}"
@@ -34,7 +37,9 @@ def _meta_line(res):
         where += f", GPU {mc['gpu']}"
     load = m.get("load_avg_1min")
     busy = ""
-    if load and max(load + [m.get("load_avg_15min_end", 0)]) > (mc.get("cores") or 1) + 0.5:
+    seen = (load or [])[:1] if loads_cpu_itself else \
+        (load or []) + [m.get("load_avg_15min_end", 0)]
+    if load and max(seen) > (mc.get("cores") or 1) + 0.5:
         busy = (f" The CPU was shared with other jobs (load average {load[0]:g} -> {load[1]:g} "
                 f"on {mc.get('cores')} cores"
                 + (f", {m['load_avg_15min_end']:g} over the last 15 min"
@@ -235,6 +240,31 @@ def _ablation(abl):
     return out
 
 
+def _workers(res):
+    if not res:
+        return []
+    one = res["runs"][0]
+    out = ["## Parallel workers (CPU)", "", _meta_line(res, loads_cpu_itself=True), "",
+           f"Several processes segmenting at once, as CellProfiler's analysis workers do: each "
+           f"segments the {one['images']} images of the Speed section after loading the model; "
+           f"images per second over all processes. {res['cores']} cores. With torch's default "
+           f"every process uses every core; the modules give each analysis worker cores / "
+           f"workers threads (docs/MODULES.md, \"On a cluster\").", "",
+           "| processes | torch threads each | images/s | wall (s) |", "|---|---|---|---|"]
+    for r in res["runs"]:
+        out.append(f"| {r['workers']} | {r['threads']} | {r['images_per_s']:.2f} | "
+                   f"{r['wall_s']:.1f} |")
+    out.append("")
+    parallel = [r for r in res["runs"] if r["workers"] > 1]
+    if len(parallel) == 2:
+        default, shared = parallel
+        out += [f"{shared['workers']} workers with {shared['threads']} thread(s) each process "
+                f"{shared['images_per_s'] / default['images_per_s']:.1f}x the images per second "
+                f"of {default['workers']} workers with torch's default "
+                f"({default['threads']} threads each).", ""]
+    return out
+
+
 def render(results, references, current_weights=None):
     """BENCHMARKS.md text from the sections' results; ``current_weights``: the shipped
     model's fingerprint (bench.run_benchmarks.model_fingerprint), to flag out-of-date
@@ -311,6 +341,7 @@ def render(results, references, current_weights=None):
             out.append(f"| {r['id']} | {r['diameter']:.1f} | {r['scale']:.2f} | {r['nuclei']} | "
                        f"{r['segment_s']:.2f} | {r['identifyprimaryobjects_s']:.2f} |")
         out.append("")
+    out += _workers(results.get("workers"))
     mem = results.get("memory")
     if mem:
         out += ["## Peak memory", "", _meta_line(mem), "",

@@ -343,6 +343,61 @@ def section_memory(model):
     return res
 
 
+WORKER_CHILD = """
+import sys, time
+import torch
+if sys.argv[2] != "default":
+    torch.set_num_threads(int(sys.argv[2]))
+sys.path.insert(0, ".")
+from bench.run_benchmarks import SPEED_IDS, index_rows, load_pair
+from nucleaizer_backend import segment_image
+model = sys.argv[1] or None
+rows = {r["id"][:12]: r for r in index_rows()}
+images = [load_pair(rows[i])[0] for i in SPEED_IDS]
+segment_image(images[0], model=model, device="cpu")  # load the model, warm up
+print("ready", torch.get_num_threads(), flush=True)
+sys.stdin.readline()  # every worker starts at once
+t0 = time.perf_counter()
+for img in images:
+    segment_image(img, model=model, device="cpu")
+print(time.perf_counter() - t0, flush=True)
+"""
+
+
+def run_workers(model, workers, threads):
+    """``workers`` processes segmenting the speed images at once, each with ``threads``
+    torch threads ("default": torch's own choice); images per second over all of them."""
+    procs = [subprocess.Popen([sys.executable, "-c", WORKER_CHILD, model or "", str(threads)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+             for _ in range(workers)]
+    used = [int(p.stdout.readline().split()[1]) for p in procs]
+    t0 = time.perf_counter()
+    for p in procs:
+        p.stdin.write("\n")
+        p.stdin.flush()
+    seconds = [float(p.stdout.readline()) for p in procs]
+    wall = time.perf_counter() - t0
+    for p in procs:
+        p.wait()
+    n = workers * len(SPEED_IDS)
+    return {"workers": workers, "threads": used[0], "images": n, "wall_s": wall,
+            "images_per_s": n / wall, "worker_s": seconds}
+
+
+def section_workers(model):
+    """Throughput of parallel worker processes (as CellProfiler's analysis workers) with
+    torch's default threads in each, against cores / workers threads each."""
+    from nucleaizer_backend.device import threads_per_process
+
+    cores = os.cpu_count()
+    runs = [run_workers(model, 1, "default"), run_workers(model, cores, "default"),
+            run_workers(model, cores, threads_per_process(cores))]
+    for r in runs:
+        print(f"workers: {r['workers']} x {r['threads']} threads: "
+              f"{r['images_per_s']:.2f} images/s")
+    return {"cores": cores, "runs": runs}
+
+
 ADAPT_SPEED_IMAGES = {"he": 12, "fluo": 8}  # val images, the first of each style
 
 
@@ -384,7 +439,8 @@ def section_figures(model):
 
 SECTIONS = {"accuracy": section_accuracy, "size": section_size, "speed": section_speed,
             "memory": section_memory, "tuning": section_tuning, "ablation": section_ablation,
-            "adapt_speed": section_adapt_speed, "figures": section_figures}
+            "workers": section_workers, "adapt_speed": section_adapt_speed,
+            "figures": section_figures}
 
 
 def load_results():

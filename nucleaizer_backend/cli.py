@@ -277,6 +277,8 @@ def build_parser():
     def model_args(sp):
         sp.add_argument("--model", help="model folder or .safetensors file (default: shipped)")
         sp.add_argument("--device", default="auto", help="auto (GPU when present), cpu or cuda")
+        sp.add_argument("--threads", type=int, help="CPU threads for torch (default: all cores; "
+                        "with several jobs on one machine, cores / jobs)")
 
     s = sub.add_parser("segment", help="segment nuclei; writes OUTDIR/<image>.tif and summary.csv")
     s.add_argument("inputs", nargs="+", help="image files or folders")
@@ -401,6 +403,10 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "threads", None) is not None:
+            from .device import set_cpu_threads
+
+            set_cpu_threads(args.threads)
         return args.func(args)
     except NucleaizerError as e:
         _fail(str(e))

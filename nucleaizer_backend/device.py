@@ -1,4 +1,6 @@
-"""Choosing the compute device."""
+"""Choosing the compute device and sharing it between processes."""
+import os
+
 import torch
 
 from .errors import NucleaizerError
@@ -30,3 +32,22 @@ def set_memory_fraction(fraction, device="auto"):
         return False
     torch.cuda.set_per_process_memory_fraction(fraction, dev)
     return True
+
+
+def threads_per_process(processes, cores=None):
+    """CPU threads for each of ``processes`` processes sharing ``cores`` cores (default: this
+    machine's), at least 1: torch's default, all cores in every process, makes parallel
+    workers wait on each other."""
+    cores = cores or os.cpu_count() or 1
+    return max(1, int(cores) // max(1, int(processes)))
+
+
+def set_cpu_threads(threads):
+    """Use ``threads`` CPU threads for torch in this process (int >= 1)."""
+    try:
+        threads = int(threads)
+    except (TypeError, ValueError):
+        threads = 0
+    if threads < 1:
+        raise NucleaizerError("the number of CPU threads must be a whole number >= 1")
+    torch.set_num_threads(threads)

@@ -1,11 +1,13 @@
 """Parts shared by the nucleAIzer CellProfiler modules: the model and GPU settings, the
-backend import, and the behaviour that goes with them.
+backend import, and the behaviour that goes with them (including how a worker process shares
+the machine with the others).
 
 Not a module itself: CellProfiler loads the plugin files whose names do not start with "_",
 with the plugins folder on the import path, so the modules import this file. Copy it along
 with them when installing the plugins into another plugins folder.
 """
 import os
+import sys
 
 from cellprofiler_core.setting import Binary, ValidationError
 from cellprofiler_core.setting.choice import Choice
@@ -82,6 +84,51 @@ def gpu_memory_share_setting(doc):
 
 
 _gpu_share_set = None  # the share applied in this process (one limit per worker process)
+_cpu_threads_set = False  # torch's CPU threads chosen for this worker process
+
+
+def in_analysis_worker():
+    """True in one of the worker processes CellProfiler starts to analyse images in
+    parallel (they run with --work-announce; a headless ``cellprofiler -c -r`` run and the
+    GUI's own process do not)."""
+    return "--work-announce" in sys.argv
+
+
+def analysis_worker_count():
+    """The worker processes of this analysis: this process and its siblings started with
+    --work-announce. (A worker cannot read "Maximum number of workers": workers run
+    headless and read no preferences file.)"""
+    import psutil
+
+    try:
+        siblings = psutil.Process().parent().children()
+    except (psutil.Error, AttributeError):
+        return 1
+    count = 0
+    for process in siblings:
+        try:
+            count += "--work-announce" in process.cmdline()
+        except psutil.Error:  # ended or not ours meanwhile
+            pass
+    return max(1, count)
+
+
+def share_cpu_with_other_workers():
+    """In an analysis worker, give torch cores / workers CPU threads (once per process).
+
+    CellProfiler analyses with several worker processes (Preferences, "Maximum number of
+    workers"; default: one per core), and torch would use every core in each of them. An
+    OMP_NUM_THREADS set by the user is left alone. Returns the threads set, or None when
+    nothing was changed."""
+    global _cpu_threads_set
+    if _cpu_threads_set or not in_analysis_worker() or "OMP_NUM_THREADS" in os.environ:
+        return None
+    from nucleaizer_backend.device import set_cpu_threads, threads_per_process
+
+    threads = threads_per_process(analysis_worker_count())
+    set_cpu_threads(threads)
+    _cpu_threads_set = True
+    return threads
 
 
 class NucleaizerModule:
@@ -123,6 +170,12 @@ class NucleaizerModule:
             check_model_path(self.model_path())
         except ModelFileError as e:
             raise ValidationError("Cannot use the model: %s" % e, self.model_setting())
+
+    def share_machine_with_other_workers(self):
+        """Before the networks run: this worker's share of the CPU cores and of the GPU's
+        memory (see :func:`share_cpu_with_other_workers`, :meth:`limit_gpu_memory`)."""
+        share_cpu_with_other_workers()
+        self.limit_gpu_memory()
 
     def limit_gpu_memory(self):
         """Apply the GPU memory share to this worker process, once (no-op on the CPU)."""

@@ -354,7 +354,7 @@ worker process (all nucleAIzer modules in it)."""
                 "stack as 2D planes in NamesAndTypes."
                 % (self.module_name, self.image_name.value, image.pixel_data.shape)
             )
-        self.limit_gpu_memory()
+        self.share_machine_with_other_workers()
         try:
             return backend.estimate_size(
                 image.pixel_data,

@@ -651,7 +651,7 @@ Name of the nucleus probability image, for use by downstream modules.""",
                 "%s: image %r has shape %s; CellProfiler objects need an image of at least "
                 "2 pixels" % (self.module_name, x_name, pixels.shape)
             )
-        self.limit_gpu_memory()
+        self.share_machine_with_other_workers()
         diameter = self._diameter(workspace)
         try:
             result = backend.segment_image(

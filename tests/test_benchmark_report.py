@@ -54,3 +54,28 @@ def test_report_flags_sections_measured_with_other_weights():
                                        {**current, "main": "new"})
     stale = render(_size_results({"preseg": "old"}), {}, current)
     assert "Measured with earlier weights (preseg) than the shipped ones" in stale
+
+
+def _workers_results(load_1min, load_15min_end):
+    meta = {"machine": {"cores": 2, "cpu": "x86_64", "torch": "2"}, "measured": "today",
+            "command": "python bench/run_benchmarks.py --sections workers",
+            "model": "shipped default", "load_avg_1min": load_1min,
+            "load_avg_15min_end": load_15min_end}
+    default = {"workers": 2, "threads": 2, "images": 22, "wall_s": 44.0, "images_per_s": 0.5,
+               "worker_s": [44.0, 43.0]}
+    shared = {"workers": 2, "threads": 1, "images": 22, "wall_s": 20.0, "images_per_s": 1.1,
+              "worker_s": [20.0, 19.0]}
+    return {"workers": {"cores": 2, "runs": [default, shared], "_meta": meta}}
+
+
+def test_parallel_workers_section_is_not_flagged_for_its_own_load():
+    """The workers section loads the CPU itself: only the load before it started tells
+    whether another job shared the CPU; other sections are flagged by the load during them."""
+    shared = "The CPU was shared with other jobs"
+    own = render(_workers_results([0.2, 3.9], 1.5), {}, {})
+    assert "| 2 | 1 | 1.10 | 20.0 |" in own and shared not in own
+    assert "2.2x the images per second of 2 workers with torch's default" in own
+    assert shared in render(_workers_results([3.1, 3.9], 1.5), {}, {})
+    busy = _size_results({"preseg": "bbb"})
+    busy["size"]["_meta"].update(load_avg_1min=[0.2, 3.9], load_avg_15min_end=1.5)
+    assert shared in render(busy, {}, {"preseg": "bbb"})

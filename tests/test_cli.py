@@ -95,6 +95,22 @@ def test_segment_negative_diameter(example_images_dir, tmp_path, capsys):
     assert "diameter" in lines[0] and "fluo_0e5edb072788.png" in lines[0]
 
 
+def test_threads_option(example_images_dir, tmp_path, capsys):
+    import torch
+
+    img = str(example_images_dir / "images" / "fluo_0e5edb072788.png")
+    before = torch.get_num_threads()
+    try:
+        rc = cli.main(["estimate-size", img, "--device", "cpu", "--threads", "1"])
+        assert rc == 0 and torch.get_num_threads() == 1
+        rc = cli.main(["segment", img, "-o", str(tmp_path / "o"), "--threads", "0"])
+        lines = error_lines(capsys.readouterr().err)
+        assert rc == 2 and len(lines) == 1 and "CPU threads" in lines[0]
+        assert not (tmp_path / "o").exists()
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_segment_missing_input(tmp_path, capsys):
     rc = cli.main(["segment", str(tmp_path / "nothing"), "-o", str(tmp_path / "o")])
     lines = error_lines(capsys.readouterr().err)

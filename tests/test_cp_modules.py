@@ -9,6 +9,7 @@ Manual nucleus diameters are used wherever a test is not about size estimation (
 """
 import ast
 import io
+import os
 import pathlib
 import shutil
 import subprocess
@@ -618,6 +619,68 @@ def test_gpu_memory_share_helper_is_a_no_op_on_cpu():
     assert set_memory_fraction(0.25, "cpu") is False
     with pytest.raises(NucleaizerError):
         set_memory_fraction(0.0, "cpu")
+
+
+WORKER_CHILD = """
+import sys
+import torch
+sys.path.insert(0, sys.argv[1])
+import _nucleaizer_common as common
+sys.stdin.readline()  # every sibling worker has started
+print(common.share_cpu_with_other_workers(), torch.get_num_threads(), flush=True)
+"""
+
+
+def _start_workers(n, env, worker=True):
+    """``n`` processes that run like CellProfiler's analysis workers (argv has
+    --work-announce); returns what share_cpu_with_other_workers set in each and torch's
+    threads after it."""
+    flag = ["--work-announce", "tcp://127.0.0.1:1"] if worker else []
+    procs = [subprocess.Popen([sys.executable, "-c", WORKER_CHILD, str(PLUGINS), *flag],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env)
+             for _ in range(n)]
+    for p in procs:  # all of them run at once, as workers do
+        p.stdin.write("\n")
+        p.stdin.flush()
+    done = [p.communicate(timeout=120) for p in procs]
+    for p, (_, err) in zip(procs, done):
+        assert p.returncode == 0, err
+    return [tuple(None if v == "None" else int(v) for v in out.split()) for out, _ in done]
+
+
+def test_analysis_workers_share_the_cpu_cores(cp, subprocess_env):
+    """Each of CellProfiler's analysis worker processes gives torch cores / workers threads
+    (counting its sibling workers; real processes); a user's OMP_NUM_THREADS wins, and a
+    process that is not a worker (a headless run, the GUI) is left as it is."""
+    import torch
+
+    cores = os.cpu_count()
+    env = {k: v for k, v in subprocess_env.items() if k not in ("OMP_NUM_THREADS",
+                                                               "MKL_NUM_THREADS")}
+    assert _start_workers(1, env) == [(cores, cores)]
+    three = max(1, cores // 3)
+    assert _start_workers(3, env) == [(three, three)] * 3
+    assert _start_workers(1, dict(env, OMP_NUM_THREADS="1")) == [(None, 1)]
+    assert _start_workers(1, env, worker=False)[0][0] is None
+
+    before = torch.get_num_threads()  # in this (non-worker) process a module run keeps it
+    pixels = load_cp_image(cp, FLUO)
+    run_modules(cp, [segment_module(cp, manual_diameter=DIAMETER[FLUO])], {"Original": pixels})
+    assert torch.get_num_threads() == before
+
+
+def test_thread_counts_for_parallel_processes():
+    from nucleaizer_backend import NucleaizerError
+    from nucleaizer_backend.device import set_cpu_threads, threads_per_process
+
+    assert threads_per_process(4, cores=16) == 4
+    assert threads_per_process(3, cores=16) == 5
+    assert threads_per_process(32, cores=16) == 1
+    assert threads_per_process(0, cores=2) == 2
+    for bad in (0, -1, "two"):
+        with pytest.raises(NucleaizerError, match="CPU threads"):
+            set_cpu_threads(bad)
 
 
 # --------------------------------------------------------------------------- display()
