@@ -6,12 +6,15 @@ Not a module itself: CellProfiler loads the plugin files whose names do not star
 with the plugins folder on the import path, so the modules import this file. Copy it along
 with them when installing the plugins into another plugins folder.
 """
+import logging
 import os
 import sys
 
 from cellprofiler_core.setting import Binary, ValidationError
 from cellprofiler_core.setting.choice import Choice
 from cellprofiler_core.setting.text import Directory, Filename, Float
+
+LOGGER = logging.getLogger(__name__)
 
 NUCLEAIZER_DOI = "https://doi.org/10.1016/j.cels.2020.04.003"
 
@@ -125,9 +128,12 @@ def share_cpu_with_other_workers():
         return None
     from nucleaizer_backend.device import set_cpu_threads, threads_per_process
 
-    threads = threads_per_process(analysis_worker_count())
+    workers = analysis_worker_count()
+    threads = threads_per_process(workers)
     set_cpu_threads(threads)
     _cpu_threads_set = True
+    LOGGER.info("nucleAIzer: %d CPU thread(s) for PyTorch in this worker (%d cores, %d "
+                "workers; set OMP_NUM_THREADS to choose)", threads, os.cpu_count(), workers)
     return threads
 
 
