@@ -67,12 +67,6 @@ def affine_crop(image, labels, scale, spec, rng, any_angle=True):
     return out, lab_out
 
 
-def is_colour_image(img):
-    """True when the channels of a (H, W, 3) [0, 1] image differ (stained brightfield)."""
-    img = img[::4, ::4].astype(np.float32)
-    return float(np.abs(img - img.mean(axis=-1, keepdims=True)).mean()) > 0.02
-
-
 def jitter_stains(img, strength, rng):
     """HED stain jitter (Tellez et al. 2018) of a (H, W, 3) normalised image (nuclei bright,
     so a brightfield stain image is inverted): its optical density is unmixed into
@@ -144,7 +138,7 @@ def make_training_crop(item, spec, rng):
     scale = sample_scale(item.diameter, spec, rng)
     img, lab = affine_crop(item.image, item.labels, scale, spec, rng,
                            any_angle=rng.random() < 0.5)
-    if spec.stain_jitter > 0 and is_colour_image(item.image):  # a crop may look gray
+    if spec.stain_jitter > 0 and item.is_colour:
         img = jitter_stains(img, spec.stain_jitter, rng)
     img = augment_intensity(img, rng)
     return img.transpose(2, 0, 1).copy(), relabel_sequential(lab).astype(np.int32)

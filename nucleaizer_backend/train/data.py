@@ -6,6 +6,7 @@ Layouts found automatically (label files may carry a suffix such as ``_mask`` or
 A binary mask (one value besides 0) is split into objects by connected components.
 """
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,13 @@ class LabeledImage:
     @property
     def n_objects(self):
         return int(self.labels.max())
+
+    @cached_property
+    def is_colour(self):
+        """True for an image whose channels differ (stained brightfield), False for gray;
+        decided once on the whole image (a crop of a stained image may look gray)."""
+        img = self.image[::4, ::4].astype(np.float32)
+        return float(np.abs(img - img.mean(axis=-1, keepdims=True)).mean()) > 0.02
 
 
 def _strip_label_suffix(stem):

@@ -20,7 +20,7 @@ import torch
 from ..device import resolve_device
 from ..evaluate import score_image, summarize
 from ..models.io import build_network, save_network
-from .augment import CropSpec, is_colour_image, make_training_crop, targets_from_labels
+from .augment import CropSpec, make_training_crop, targets_from_labels
 from .data import load_dataset
 
 WORKING_DIAMETER = 40.0  # px: the main network's nucleus size (METHOD.md section 2)
@@ -67,7 +67,7 @@ def sampling_weights(items, min_share):
     """Per-image sampling probabilities: uniform, except that colour and gray images each
     get at least ``min_share`` of the samples (the rarer style is not drowned out).
     Returns (probabilities, colour flags), both (N,)."""
-    colour = np.array([is_colour_image(it.image) for it in items])
+    colour = np.array([it.is_colour for it in items])
     p = np.full(len(items), 1.0 / len(items))
     n_colour = int(colour.sum())
     if 0 < n_colour < len(items) and min_share > 0:
