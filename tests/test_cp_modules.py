@@ -628,6 +628,7 @@ sys.path.insert(0, sys.argv[1])
 import _nucleaizer_common as common
 sys.stdin.readline()  # every sibling worker has started
 print(common.share_cpu_with_other_workers(), torch.get_num_threads(), flush=True)
+sys.stdin.readline()  # live on until every sibling has counted the workers
 """
 
 
@@ -643,10 +644,11 @@ def _start_workers(n, env, worker=True):
     for p in procs:  # all of them run at once, as workers do
         p.stdin.write("\n")
         p.stdin.flush()
-    done = [p.communicate(timeout=120) for p in procs]
-    for p, (_, err) in zip(procs, done):
-        assert p.returncode == 0, err
-    return [tuple(None if v == "None" else int(v) for v in out.split()) for out, _ in done]
+    found = [p.stdout.readline().split() for p in procs]
+    for p, out in zip(procs, found):
+        _, err = p.communicate("\n", timeout=120)
+        assert p.returncode == 0 and out, err
+    return [tuple(None if v == "None" else int(v) for v in out) for out in found]
 
 
 def test_analysis_workers_share_the_cpu_cores(cp, subprocess_env):
