@@ -251,3 +251,48 @@ def test_stain_jitter_changes_stained_images_only(train_data, tmp_path):
                      "--batch-size", "1", "--crop", "64", "--threads", "1",
                      "--stain-jitter", "0.1"]) == 0
     assert json.loads((run / "config.json").read_text())["stain_jitter"] == 0.1
+
+
+def test_interior_mask_separates_touching_nuclei():
+    from nucleaizer_backend.train.augment import interior_mask
+
+    lab = np.zeros((30, 50), np.int32)
+    lab[5:25, 5:25], lab[5:25, 25:45] = 1, 2  # two touching 20 x 20 squares
+    core = interior_mask(lab, margin=4)
+    assert core[15, 10:20].all() and core[15, 30:40].all()
+    assert not core[:, 20:30].any()  # a gap of 2 x 5 px where the nuclei touch
+    assert not core[lab == 0].any()
+    assert interior_mask(np.zeros((8, 8), np.int32)).sum() == 0
+
+
+def test_unet_with_core_channel_trains_from_a_one_channel_unet(train_data, tmp_path):
+    """A U-Net given the nucleus-core channel starts from a one-channel U-Net's weights (the
+    new channel copies the foreground channel), trains on both targets, and its file gives
+    both probabilities."""
+    from nucleaizer_backend.models.io import load_network, save_network, build_network
+    from nucleaizer_backend.models.unet import UNetConfig
+
+    one = build_network("unet", UNetConfig().to_dict())
+    save_network(one.eval(), tmp_path / "one.safetensors", {"kind": "unet", "diameter": 40.0})
+    arch = dict(UNetConfig().to_dict(), out_channels=2)
+    run = tmp_path / "core"
+    cfg = TrainConfig(data=str(train_data), out=str(run), kind="unet", steps=3, batch_size=1,
+                      crop=64, checkpoint_every=3, warmup=1, seed=1, architecture=arch,
+                      init=str(tmp_path / "one.safetensors"))
+    train(cfg)
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert any("loss_core_dice" in r for r in log)
+    net, _ = load_network(run / "last.safetensors")
+    assert net.config.out_channels == 2
+    x = torch.rand(1, 3, 48, 40)
+    with torch.inference_mode():
+        assert net.probabilities(x).shape == (1, 2, 48, 40)
+        assert net(x).shape == (1, 48, 40)
+        assert torch.allclose(net(x), net.probabilities(x)[:, 0], atol=1e-6)
+    from nucleaizer_backend.train.loop import load_init_weights
+
+    fresh = build_network("unet", arch)
+    load_init_weights(fresh, one)
+    with torch.inference_mode():
+        p = fresh.eval().probabilities(x)
+        assert torch.allclose(p[:, 0], p[:, 1]) and torch.allclose(p[:, 0], one(x))
