@@ -15,13 +15,11 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 import torch
 from scipy import ndimage
-from skimage.segmentation import watershed
 
 from .detect import DEFAULT_OVERLAP, map_to_original, owned_ranges, rescale_image, tile_starts
 from .labels import label_dtype
 
 UNET_TILE = 1024  # px at the working scale
-EIGHT_CONNECTED = np.ones((3, 3), bool)
 
 
 @dataclass
@@ -31,9 +29,7 @@ class PostprocessParams:
     p1: merge an object into a neighbour touching more than this fraction of its perimeter;
     p2: minimum object area (px^2 at the working scale); p3: U-Net foreground threshold;
     p4, p5: contour margins inwards / outwards (px at the working scale) within which the
-    contour follows the U-Net; p6: minimum mean U-Net probability of an object; p7, p8: with
-    a U-Net that has a core channel, objects holding several cores are split between them
-    (core probability above p7, cores of at least p8 px^2 at the working scale);
+    contour follows the U-Net; p6: minimum mean U-Net probability of an object;
     confidence: minimum Mask R-CNN detection score.
     """
 
@@ -43,8 +39,6 @@ class PostprocessParams:
     p4: float = 1.0
     p5: float = 1.0
     p6: float = 0.8
-    p7: float = 0.5
-    p8: float = 200.0
     confidence: float = 0.5
 
     @classmethod
@@ -204,38 +198,6 @@ def remove_unconfident(labels, scores, prob, min_mean):
     return apply_lut(labels, scores, lut)
 
 
-def split_at_cores(labels, scores, cores, threshold, min_area):
-    """Split objects that hold two or more nucleus cores (the core channel of a contour U-Net:
-    each nucleus minus a rim, so touching nuclei have separate cores). A core is a connected
-    part of an object with core probability above ``threshold`` and at least ``min_area``
-    original px; an object with several is divided between them by a watershed of the core
-    probability. The parts keep the object's score."""
-    n = len(scores)
-    out = labels.copy()
-    parent = list(range(n + 1))
-    for i, sl in enumerate(ndimage.find_objects(labels, max_label=n), start=1):
-        if sl is None:
-            continue
-        obj = labels[sl] == i
-        seeds, k = ndimage.label(obj & (cores[sl] > threshold), EIGHT_CONNECTED)
-        if k < 2:
-            continue
-        big = np.flatnonzero(np.bincount(seeds.ravel())[1:] >= min_area) + 1
-        if len(big) < 2:
-            continue
-        markers = np.zeros(seeds.shape, np.int32)
-        markers[np.isin(seeds, big)] = np.searchsorted(big, seeds[np.isin(seeds, big)]) + 1
-        parts = watershed(-cores[sl], markers, mask=obj)
-        for j in range(2, len(big) + 1):
-            out[sl][parts == j] = len(parent)
-            parent.append(i)
-    if len(parent) == n + 1:
-        return labels, scores
-    all_scores = np.concatenate([[0], scores])[parent][1:]
-    out = out.astype(label_dtype(len(parent) - 1), copy=False)
-    return apply_lut(out, all_scores, np.arange(len(parent)))
-
-
 def apply_rules(labels, scores, scale, params):
     """The rules that need no U-Net: contained objects, p1 merges, p2 minimum area."""
     labels, scores = remove_contained(labels, scores)
@@ -251,12 +213,9 @@ def apply_unet(labels, scores, prob, scale, params):
     return remove_unconfident(labels, scores, prob, params.p6)
 
 
-def refine(labels, scores, scale, params, prob=None, cores=None):
-    """All post-processing; the U-Net steps run when ``prob`` (H, W) is given, the split of
-    merged objects (p7, p8) when ``cores`` (H, W) is given too."""
+def refine(labels, scores, scale, params, prob=None):
+    """All post-processing; the U-Net steps run when ``prob`` (H, W) is given."""
     labels, scores = apply_rules(labels, scores, scale, params)
-    if prob is not None and cores is not None:
-        labels, scores = split_at_cores(labels, scores, cores, params.p7, params.p8 / scale ** 2)
     if prob is not None:
         labels, scores = apply_unet(labels, scores, prob, scale, params)
     return labels, scores
@@ -264,28 +223,20 @@ def refine(labels, scores, scale, params, prob=None, cores=None):
 
 # -- the U-Net ------------------------------------------------------------------------------
 
+@torch.inference_mode()
 def foreground_probability(unet, image, scale, device, tile=UNET_TILE, overlap=DEFAULT_OVERLAP):
     """Nucleus foreground probability (H, W) float32 in the original geometry of a normalised
     (H, W, 3) image, from a U-Net run at ``scale`` (in overlapping tiles when large)."""
-    return unet_probabilities(unet, image, scale, device, tile, overlap)[0]
-
-
-@torch.inference_mode()
-def unet_probabilities(unet, image, scale, device, tile=UNET_TILE, overlap=DEFAULT_OVERLAP):
-    """Every output channel of a contour U-Net as probabilities (C, H, W) float32 in the
-    original geometry of a normalised (H, W, 3) image: channel 0 the nucleus foreground,
-    channel 1 (when the U-Net has it) the nucleus cores. Run at ``scale``, in overlapping
-    tiles when large."""
     x = rescale_image(image, scale, device)
     _, hs, ws = x.shape
-    prob = torch.zeros((unet.config.out_channels, hs, ws), device=device)
+    prob = torch.zeros((hs, ws), device=device)
     ys, xs = tile_starts(hs, tile, overlap), tile_starts(ws, tile, overlap)
     for y0, (ly, hy) in zip(ys, owned_ranges(ys, tile, hs)):
         for x0, (lx, hx) in zip(xs, owned_ranges(xs, tile, ws)):
             crop = x[:, y0:y0 + tile, x0:x0 + tile][None].contiguous(
                 memory_format=torch.channels_last)
             with torch.autocast(device.type, enabled=device.type == "cuda"):
-                p = unet.probabilities(crop)[0].float()
+                p = unet(crop)[0].float()
             ly, hy, lx, hx = int(round(ly)), int(round(hy)), int(round(lx)), int(round(hx))
-            prob[:, ly:hy, lx:hx] = p[:, ly - y0:hy - y0, lx - x0:hx - x0]
-    return np.stack([map_to_original(c, image.shape) for c in prob])
+            prob[ly:hy, lx:hx] = p[ly - y0:hy - y0, lx - x0:hx - x0]
+    return map_to_original(prob, image.shape)

@@ -11,7 +11,7 @@ from .device import resolve_device
 from .errors import InputImageError
 from .models.io import load_model
 from .preprocess import normalize_image
-from .refine import PostprocessParams, refine as refine_labels, unet_probabilities
+from .refine import PostprocessParams, foreground_probability, refine as refine_labels
 from .size import SIZE_CONFIDENCE, SizeEstimate, find_nuclei
 from .tta import segment_with_tta
 
@@ -159,13 +159,11 @@ def segment_image(image, model=None, diameter=None, device="auto", confidence=No
                 prob = detect_labels(norm, with_probability=True)[2]
         else:
             labels, scores, prob = detect_labels(norm, with_probability=mask_prob)
-        cores = None  # the U-Net's nucleus cores, when it has that channel
         if unet_prob:
-            prob, *rest = unet_probabilities(bundle.unet, norm, scale, device)
-            cores = rest[0] if rest and use_unet else None
+            prob = foreground_probability(bundle.unet, norm, scale, device)
         if refine:
             labels, scores = refine_labels(labels, scores, scale, params,
-                                           prob if use_unet else None, cores)
+                                           prob if use_unet else None)
     if mask is not None:
         labels, scores = restrict_to_mask(labels, scores, np.asarray(mask, bool))
     return SegmentationResult(labels, scores, float(diameter), scale, clamped, estimate,

@@ -18,7 +18,7 @@ from .errors import NucleaizerError
 from .evaluate import score_image
 from .models.io import load_model
 from .preprocess import normalize_image
-from .refine import PostprocessParams, apply_lut, refine, unet_probabilities
+from .refine import PostprocessParams, apply_lut, foreground_probability, refine
 from .segment import _preseg_estimate, choose_scale, postprocess_params
 from .size import SIZE_CONFIDENCE
 
@@ -30,18 +30,13 @@ GRID = {
     "p4": [0.0, 1.0, 2.0, 4.0, 8.0],  # px at the working scale (>= 1 original px when > 0)
     "p5": [0.0, 1.0, 2.0, 4.0, 8.0],
     "p6": [0.0, 0.3, 0.5, 0.65, 0.8],
-    "p7": [0.3, 0.5, 0.7, 0.9],  # searched only for a U-Net with a core channel
-    "p8": [25.0, 50.0, 100.0, 200.0, 400.0, 1e9],  # 1e9: never split
 }
-UNET_PARAMS = ("p3", "p4", "p5", "p6")
-CORE_PARAMS = ("p7", "p8")
 
 
 @dataclass
 class CachedImage:
     """What the networks produced for one image: Mask R-CNN labels/scores at the lowest
-    confidence searched, U-Net foreground and core probabilities (or None), scale, and the
-    true labels."""
+    confidence searched, U-Net probability (or None), scale, and the true labels."""
 
     name: str
     labels: np.ndarray
@@ -49,7 +44,6 @@ class CachedImage:
     prob: np.ndarray
     scale: float
     truth: np.ndarray
-    cores: np.ndarray = None
 
 
 @dataclass
@@ -72,10 +66,9 @@ def cache_image(bundle, name, image, truth, device, min_confidence, diameter=Non
     scale, _ = choose_scale(float(diameter), bundle.working_diameter, norm.shape[:2])
     dets = detect(bundle.main, norm, scale, device, min_score=min_confidence)
     labels, scores, _ = dets.to_labels(min_confidence)
-    maps = unet_probabilities(bundle.unet, norm, scale, device) \
-        if bundle.unet is not None else [None]
-    return CachedImage(name, labels, scores, maps[0], scale, np.asarray(truth),
-                       maps[1] if len(maps) > 1 else None)
+    prob = foreground_probability(bundle.unet, norm, scale, device) \
+        if bundle.unet is not None else None
+    return CachedImage(name, labels, scores, prob, scale, np.asarray(truth))
 
 
 def evaluate_params(cached, params):
@@ -85,20 +78,17 @@ def evaluate_params(cached, params):
         lut = np.arange(len(c.scores) + 1)
         lut[1:][c.scores < params.confidence] = 0
         labels, kept = apply_lut(c.labels, c.scores, lut)
-        labels, kept = refine(labels, kept, c.scale, params, c.prob, c.cores)
+        labels, kept = refine(labels, kept, c.scale, params, c.prob)
         scores.append(score_image(c.truth, labels).dsb)
     return float(np.mean(scores))
 
 
 def search(cached, start, rounds=2, grid=None, progress=None):
     """Coordinate descent from ``start`` (PostprocessParams) over ``grid``; returns a
-    TuneResult. Without U-Net probabilities, p3..p8 are left as they are; without core
-    probabilities, p7 and p8."""
+    TuneResult. Without U-Net probabilities, p3..p6 are left as they are."""
     grid = grid or GRID
     has_unet = all(c.prob is not None for c in cached)
-    has_cores = has_unet and all(c.cores is not None for c in cached)
-    names = [k for k in grid if (has_unet or k not in UNET_PARAMS + CORE_PARAMS)
-             and (has_cores or k not in CORE_PARAMS)]
+    names = [k for k in grid if has_unet or k not in ("p3", "p4", "p5", "p6")]
     best = start.to_dict()
     best_dsb = start_dsb = evaluate_params(cached, start)
     history = [("start", None, start_dsb)]

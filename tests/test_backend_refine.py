@@ -14,7 +14,6 @@ from nucleaizer_backend.refine import (
     remove_contained,
     remove_small,
     remove_unconfident,
-    split_at_cores,
 )
 from nucleaizer_backend.tta import TRANSFORMS, merge_versions, segment_with_tta
 
@@ -165,49 +164,6 @@ def test_refine_with_unet_runs_all_rules_in_order():
                          prob)
     assert out.max() == 1 and len(scores) == 1
     assert ((out > 0) == (big | piece)).mean() > 0.99
-
-
-def two_touching_nuclei():
-    """Two touching disks (r 9 px) detected as one object, their cores (r 5 px) and scores."""
-    a, b = disk((40, 60), 20, 20, 9), disk((40, 60), 20, 36, 9)
-    merged = labels_of(a | b, shape=(40, 60))
-    cores = (disk((40, 60), 20, 20, 5) | disk((40, 60), 20, 36, 5)).astype(np.float32)
-    return a, b, merged, cores
-
-
-def test_split_at_cores_divides_a_merged_object_between_its_cores():
-    a, b, merged, cores = two_touching_nuclei()
-    out, scores = split_at_cores(merged, np.array([0.9], np.float32), cores, 0.5, 20)
-    assert out.max() == 2 and scores.tolist() == pytest.approx([0.9, 0.9])
-    assert ((out > 0) == (merged > 0)).all()  # nothing lost, nothing added
-    for disk_mask in (a & ~b, b & ~a):  # each nucleus's own pixels go to one part
-        ids, counts = np.unique(out[disk_mask], return_counts=True)
-        assert counts.max() / counts.sum() > 0.95
-
-
-def test_split_at_cores_needs_two_cores_of_p8_area():
-    _, _, merged, cores = two_touching_nuclei()
-    scores = np.array([0.9], np.float32)
-    core_area = int(disk((40, 60), 20, 20, 5).sum())  # 81 px
-    assert split_at_cores(merged, scores, cores, 0.5, core_area + 1)[0].max() == 1
-    assert split_at_cores(merged, scores, cores, 0.5, core_area)[0].max() == 2
-    assert split_at_cores(merged, scores, cores * 0.4, 0.5, 1)[0].max() == 1  # below p7
-    single = (merged > 0) & (np.arange(60)[None, :] < 28)
-    one_core = labels_of(single, shape=(40, 60))
-    assert split_at_cores(one_core, scores, cores, 0.5, 1)[0].max() == 1
-
-
-def test_refine_splits_at_cores_only_when_given_them():
-    _, _, merged, cores = two_touching_nuclei()
-    prob = (merged > 0).astype(np.float32)
-    params = PostprocessParams(p1=1.0, p2=0.0, p3=0.5, p6=0.5, p7=0.5, p8=40.0)
-    scores = np.array([0.9], np.float32)
-    assert refine(merged, scores, 1.0, params, prob)[0].max() == 1
-    assert refine(merged, scores, 1.0, params, prob, cores)[0].max() == 2
-    # p8 is an area at the working scale: at scale 2 the 81 px cores count as 324 px^2
-    for p8, parts in ((300.0, 2), (330.0, 1)):
-        at_p8 = PostprocessParams(**{**params.to_dict(), "p8": p8})
-        assert refine(merged, scores, 2.0, at_p8, prob, cores)[0].max() == parts
 
 
 # -- test-time augmentation -------------------------------------------------------------------

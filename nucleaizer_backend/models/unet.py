@@ -124,44 +124,24 @@ class UNet(nn.Module):
 
 
 class RefinementUNet(UNet):
-    """Contour-refinement U-Net: channel 0 is the nucleus foreground; an optional channel 1
-    (``out_channels=2``) the nucleus cores (each nucleus minus a rim, so that touching nuclei
-    have separate cores: train.augment.interior_mask), used to split merged detections."""
+    """Foreground U-Net for contour refinement (one logit channel)."""
 
     def forward(self, images, targets=None):
         """images: (B, 3, H, W) float in [0, 1] (or a list of (3, H, W)); targets: list of dicts
-        with ``foreground`` (H, W) {0, 1} (and ``interior`` for a second channel). Training:
-        {"loss_bce", "loss_dice"} (+ "loss_core_bce", "loss_core_dice"); eval: foreground
-        probability (B, H, W) (use ``probabilities`` for every channel)."""
-        if self.training:
-            return self._losses(self._logits(images), targets)
-        return torch.sigmoid(self._logits(images)[:, 0])
-
-    def probabilities(self, images):
-        """Probability of every output channel, (B, C, H, W)."""
-        return torch.sigmoid(self._logits(images))
-
-    def _logits(self, images):
+        with ``foreground`` (H, W) {0, 1}. Training: {"loss_bce", "loss_dice"}; eval:
+        foreground probability (B, H, W)."""
         if isinstance(images, (list, tuple)):
             images = torch.stack(list(images))
-        return super().forward((images - self.config.image_mean) / self.config.image_std)
-
-    def _losses(self, logits, targets):
-        losses = {}
-        for c, (key, prefix) in enumerate((("foreground", "loss_"), ("interior", "loss_core_"))):
-            if c >= logits.shape[1]:
-                break
-            target = torch.stack([t[key] for t in targets]).to(logits.dtype)
-            losses.update(_bce_dice(logits[:, c], target, prefix))
-        return losses
-
-
-def _bce_dice(logits, target, prefix):
-    prob = torch.sigmoid(logits)
-    inter = (prob * target).sum((1, 2))
-    dice = 1 - (2 * inter + 1) / (prob.sum((1, 2)) + target.sum((1, 2)) + 1)
-    return {prefix + "bce": F.binary_cross_entropy_with_logits(logits, target),
-            prefix + "dice": dice.mean()}
+        x = (images - self.config.image_mean) / self.config.image_std
+        logits = super().forward(x)[:, 0]
+        if not self.training:
+            return torch.sigmoid(logits)
+        fg = torch.stack([t["foreground"] for t in targets]).to(logits.dtype)
+        prob = torch.sigmoid(logits)
+        inter = (prob * fg).sum((1, 2))
+        dice = 1 - (2 * inter + 1) / (prob.sum((1, 2)) + fg.sum((1, 2)) + 1)
+        return {"loss_bce": F.binary_cross_entropy_with_logits(logits, fg),
+                "loss_dice": dice.mean()}
 
 
 def build_unet(cfg=None):

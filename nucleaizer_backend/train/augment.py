@@ -130,22 +130,6 @@ def targets_from_labels(labels, min_area):
     return np.asarray(boxes, np.float32), np.stack(masks)
 
 
-INTERIOR_MARGIN = 4.0  # px at the 40 px working scale: interior = nucleus minus this rim
-
-
-def interior_mask(labels, margin=INTERIOR_MARGIN):
-    """Nucleus cores of a label image (H, W) -> (H, W) {0, 1} float32: the pixels of each
-    nucleus farther than ``margin`` px from its own contour, so that touching nuclei have
-    separate cores (the target of a contour U-Net's second channel)."""
-    edge = np.zeros(labels.shape, bool)
-    edge[:-1] |= labels[:-1] != labels[1:]
-    edge[1:] |= labels[:-1] != labels[1:]
-    edge[:, :-1] |= labels[:, :-1] != labels[:, 1:]
-    edge[:, 1:] |= labels[:, :-1] != labels[:, 1:]
-    inside = (labels > 0) & ~edge
-    return (ndimage.distance_transform_edt(inside) > margin).astype(np.float32)
-
-
 def make_training_crop(item, spec, rng):
     """One augmented crop of a LabeledImage -> (image (3, S, S) float32, labels (S, S) int32
     numbered 1..N)."""

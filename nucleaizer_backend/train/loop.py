@@ -20,7 +20,7 @@ import torch
 from ..device import resolve_device
 from ..evaluate import score_image, summarize
 from ..models.io import build_network, save_network
-from .augment import CropSpec, interior_mask, make_training_crop, targets_from_labels
+from .augment import CropSpec, make_training_crop, targets_from_labels
 from .data import load_dataset
 
 WORKING_DIAMETER = 40.0  # px: the main network's nucleus size (METHOD.md section 2)
@@ -99,25 +99,6 @@ def pick_item(items, weights, synthetic, synthetic_share, rng):
     return items[rng.choice(len(items), p=weights)]
 
 
-def has_interior(model):
-    """True for a contour U-Net with the nucleus-core channel (two output channels)."""
-    from ..models.unet import RefinementUNet
-
-    return isinstance(model, RefinementUNet) and model.config.out_channels >= 2
-
-
-def load_init_weights(model, init_model):
-    """Start ``model`` from ``init_model``'s weights. A U-Net given a second output channel
-    (nucleus cores) starts that channel from the first one's weights."""
-    state = init_model.state_dict()
-    own = model.state_dict()
-    for name in ("head.weight", "head.bias"):
-        w = state.get(name)
-        if w is not None and name in own and w.shape[0] == 1 < own[name].shape[0]:
-            state[name] = w.repeat((own[name].shape[0],) + (1,) * (w.dim() - 1))
-    model.load_state_dict(state)
-
-
 def learning_rate(cfg, step):
     """Linear warm-up, then cosine decay to 5% of ``cfg.lr`` at ``cfg.steps``."""
     if step < cfg.warmup:
@@ -126,18 +107,14 @@ def learning_rate(cfg, step):
     return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
-def to_targets(crops, kind, min_area, interior=False):
+def to_targets(crops, kind, min_area):
     """Training crops [(image (3, S, S), labels (S, S))] -> (image tensors, targets): boxes,
-    labels and instance masks for Mask R-CNN; a foreground mask for the U-Net, and with
-    ``interior`` the nucleus cores (augment.interior_mask) for its second channel."""
+    labels and instance masks for Mask R-CNN; a foreground mask for the U-Net."""
     images, targets = [], []
     for img, lab in crops:
         images.append(torch.from_numpy(img))
         if kind == "unet":
-            t = {"foreground": torch.from_numpy((lab > 0).astype(np.float32))}
-            if interior:
-                t["interior"] = torch.from_numpy(interior_mask(lab))
-            targets.append(t)
+            targets.append({"foreground": torch.from_numpy((lab > 0).astype(np.float32))})
             continue
         boxes, masks = targets_from_labels(lab, min_area)
         targets.append({
@@ -311,7 +288,7 @@ def train(cfg, resume=False, progress=None):
         from ..models.io import load_network
 
         init_model, _ = load_network(cfg.init)
-        load_init_weights(model, init_model)
+        model.load_state_dict(init_model.state_dict())
     model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -342,7 +319,7 @@ def train(cfg, resume=False, progress=None):
         batch = [make_training_crop(pick_item(train_items, weights, synthetic_items,
                                               cfg.synthetic_share, rng), spec, rng)
                  for _ in range(cfg.batch_size)]
-        images, targets = to_targets(batch, cfg.kind, spec.min_area, has_interior(model))
+        images, targets = to_targets(batch, cfg.kind, spec.min_area)
         images = [i.to(device) for i in images]
         targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
         losses = model(images, targets)

@@ -1,6 +1,5 @@
-"""Val DSB (automatic size, full pipeline) of a model folder when the U-Net's probabilities
-(foreground, and cores where the U-Net has them) are averaged over flips of the image
-(1 + 3 flips, or the 8 dihedral versions).
+"""Val DSB (automatic size, full pipeline) of a model folder when the U-Net's foreground
+probability is averaged over flips of the image (1 + 3 flips, or the 8 dihedral versions).
 Usage: python unet_flip_tta.py [MODEL_DIR] [4|8]"""
 import sys
 import time
@@ -13,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))
 import nucleaizer_backend.segment as segment_module  # noqa: E402
 from bench.run_benchmarks import dsb_by_style, index_rows, score_rows, segmenter  # noqa: E402
-from nucleaizer_backend.refine import unet_probabilities  # noqa: E402
+from nucleaizer_backend.refine import foreground_probability  # noqa: E402
 
 torch.set_num_threads(2)
 model = sys.argv[1] if len(sys.argv) > 1 else str(ROOT / "nucleaizer_backend/weights/default")
@@ -31,15 +30,13 @@ def versions():
     return out
 
 
-def averaged_probabilities(unet, image, scale, device, **kw):
-    """(C, H, W): each channel averaged over the versions, mapped back."""
-    probs = [np.stack([back(c) for c in unet_probabilities(
-        unet, np.ascontiguousarray(fwd(image)), scale, device, **kw)])
-        for fwd, back in versions()]
+def averaged_probability(unet, image, scale, device, **kw):
+    probs = [back(foreground_probability(unet, np.ascontiguousarray(fwd(image)), scale, device,
+                                         **kw)) for fwd, back in versions()]
     return np.mean(probs, axis=0).astype(np.float32)
 
 
-segment_module.unet_probabilities = averaged_probabilities
+segment_module.foreground_probability = averaged_probability
 rows = index_rows("val")
 t0 = time.time()
 scores, _ = score_rows(rows, segmenter(model, False))
