@@ -240,6 +240,48 @@ def _ablation(abl):
     return out
 
 
+ERROR_FIXES = {
+    "merges": "merged nuclei split (each predicted object holding two or more true nuclei "
+              "divided between them)",
+    "splits": "split nuclei joined (predicted objects inside one true nucleus)",
+    "extra": "extra objects removed (predictions matching no nucleus at IoU > 0.5)",
+    "missed": "missed nuclei added (true nuclei no prediction matches at IoU > 0.5)",
+    "contours": "contours made exact (matched predictions take the true outline)",
+}
+
+
+def _errors(res):
+    if not res:
+        return []
+    fixes = res["fixes"]
+    base = fixes["as predicted"]
+    out = ["## Where the DSB score is lost (val, automatic size)", "", _meta_line(res), "",
+           "The shipped model's labels with one kind of error fixed by an oracle that knows the "
+           "true labels (bench/error_budget.py); each row fixes that kind alone, so the gains "
+           "overlap and do not add up. It shows what a better model would have to get right.",
+           "", "| labels | DSB | gain | DSB fluo | DSB he |", "|---|---|---|---|---|",
+           f"| as predicted (shipped) | {base['dsb']:.3f} | | {base['dsb_fluo']:.3f} | "
+           f"{base['dsb_he']:.3f} |"]
+    ranked = sorted(ERROR_FIXES, key=lambda k: -fixes[k]["dsb"])
+    for key in ranked:
+        f = fixes[key]
+        out.append(f"| {ERROR_FIXES[key]} | {f['dsb']:.3f} | {f['dsb'] - base['dsb']:+.3f} | "
+                   f"{f['dsb_fluo']:.3f} | {f['dsb_he']:.3f} |")
+    by_size = res.get("matched_iou_by_size")
+    if by_size:
+        out += ["", "IoU of the matched nuclei (IoU > 0.5) by true nucleus diameter: the DSB "
+                "averages thresholds up to 0.95, so outlines must be right to the pixel, which "
+                "is hardest on small nuclei.", "",
+                "| true diameter (px) | matched nuclei | mean IoU | share with IoU > 0.8 |",
+                "|---|---|---|---|"]
+        for b in by_size:
+            lo, hi = b["diameter_px"]
+            span = f"{lo}-{hi}" if hi < 1000 else f">= {lo}"
+            out.append(f"| {span} | {b['matches']} | {b['mean_iou']:.3f} | "
+                       f"{b['share_over_0.8']:.2f} |")
+    return out + [""]
+
+
 def _workers(res):
     if not res:
         return []
@@ -306,6 +348,7 @@ def render(results, references, current_weights=None):
         out.append("")
     out += _tuning(results.get("tuning"))
     out += _ablation(results.get("ablation"))
+    out += _errors(results.get("errors"))
     out += _style_adaptation(results.get("style_adaptation"))
     out += _adapt_speed(results.get("adapt_speed"))
     size = results.get("size")

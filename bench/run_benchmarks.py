@@ -25,6 +25,9 @@ rebuilt from all stored results, so sections can be re-measured one at a time. N
 - adapt_speed: wall time per stage of a quick-preset ``adapt`` of 20 unannotated val images
   (the first 12 H&E and 8 fluorescence ones in index order), as a user runs it (shipped base
   model and replay set); peak resident memory of the process.
+- errors: where the val DSB score is lost: the shipped model's labels (automatic size) with
+  each kind of error fixed alone by an oracle that knows the true labels (merges, splits,
+  extra, missed nuclei, contours: bench/error_budget.py).
 - figures: docs/example_overlay.png, docs/f1_curve.png and docs/refinement_f1.png
   (bench/figures.py).
 """
@@ -427,6 +430,33 @@ def section_adapt_speed(model):
     return out
 
 
+ERROR_SIZE_EDGES = (0, 12, 18, 25, 40, 1000)  # px, true nucleus diameter bins
+
+
+def section_errors(model):
+    from bench.error_budget import KINDS, error_budget, matched_ious_by_size
+    from nucleaizer_backend import segment_image
+
+    rows = index_rows("val")
+    per, ious = [], [[] for _ in ERROR_SIZE_EDGES[1:]]
+    for r in rows:
+        img, truth = load_pair(r)
+        labels = segment_image(img, model=model, device="cpu").labels
+        per.append(error_budget(truth, labels))
+        for i, v in enumerate(matched_ious_by_size(truth, labels, ERROR_SIZE_EDGES)):
+            ious[i] += v.tolist()
+    out = {"images": len(rows), "fixes": {}, "matched_iou_by_size": [
+        {"diameter_px": [lo, hi], "matches": len(v), "mean_iou": float(np.mean(v)),
+         "share_over_0.8": float(np.mean(np.array(v) > 0.8))}
+        for lo, hi, v in zip(ERROR_SIZE_EDGES, ERROR_SIZE_EDGES[1:], ious) if v]}
+    for key in ("as predicted",) + KINDS:
+        v = np.array([p[key] for p in per])
+        out["fixes"][key] = {"dsb": float(v.mean()), **{
+            f"dsb_{st}": float(v[[r["style"] == st for r in rows]].mean()) for st in ("fluo", "he")}}
+    print("errors: " + ", ".join(f"{k} {v['dsb']:.3f}" for k, v in out["fixes"].items()))
+    return out
+
+
 def section_figures(model):
     from bench.figures import example_overlay, f1_curve, refinement_f1
 
@@ -440,7 +470,7 @@ def section_figures(model):
 SECTIONS = {"accuracy": section_accuracy, "size": section_size, "speed": section_speed,
             "memory": section_memory, "tuning": section_tuning, "ablation": section_ablation,
             "workers": section_workers, "adapt_speed": section_adapt_speed,
-            "figures": section_figures}
+            "errors": section_errors, "figures": section_figures}
 
 
 def load_results():
