@@ -115,16 +115,20 @@ Measurements made by this module
 group):
 
 -  *NucleusSize_MedianDiameter:* Median equivalent diameter (pixels), sqrt(4 x area / pi),
-   of the nuclei found. When fewer than 5 nuclei are found, the default diameter of 20
-   pixels (or the median of the few found) is reported and *Reliable* is 0.
+   of the nuclei found that look like single nuclei (solidity at least 0.9: two touching
+   nuclei found as one object have a concave outline and would count as one big nucleus;
+   all nuclei found are used when fewer than 5 qualify). When fewer than 5 nuclei are
+   found, the default diameter of 20 pixels (or the median of the few found) is reported
+   and *Reliable* is 0.
 -  *NucleusSize_Spread:* Interquartile range of the diameters divided by their median
    (0 = all nuclei the same size; NaN when unreliable).
--  *NucleusSize_Count:* Number of nuclei measured.
+-  *NucleusSize_Count:* Number of nuclei measured (the single-looking ones, see above).
 -  *NucleusSize_Reliable:* 1 when at least 5 nuclei were measured, else 0.
 -  *NucleusSize_ImageMedianDiameter, NucleusSize_ImageCount:* The same for this image alone
    (equal to the above when estimating each image individually); in group mode they show
    which images of a group differ from the rest.
--  *Count:* (when saving the nuclei as objects) the number of those objects.
+-  *Count:* (when saving the nuclei as objects) the number of those objects: every nucleus
+   found, so it can exceed *NucleusSize_ImageCount*.
 
 **Object measurements** (when saving the nuclei as objects): *Location_Center_X/Y/Z*,
 *Number_Object_Number*.

@@ -300,7 +300,7 @@ See the project's BENCHMARKS.md for what each step is worth."""
 Select *Yes* to segment each image six times (as it is, flipped, rotated by 90, 180 and
 270 degrees) and keep the nuclei found in most versions, with outlines by pixel majority.
 About three times the run time. With the shipped model it does not pay on the DSB 2018 val
-images (DSB 0.565 with it, 0.569 without; a little better on H&E, a little worse on
+images (DSB 0.566 with it, 0.569 without; the same on H&E, a little worse on
 fluorescence; see BENCHMARKS.md); it may with other models or images.""",
         )
 

@@ -139,3 +139,30 @@ def test_automatic_size_keeps_geometry(source, shape):
     assert est is not None and result.diameter == est.median_diameter > 0
     if not est.reliable:
         assert est.count < MIN_NUCLEI
+
+
+def _disk(shape, cy, cx, r):
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    return (yy - cy) ** 2 + (xx - cx) ** 2 <= r ** 2
+
+
+def test_size_is_measured_on_single_looking_nuclei():
+    """Two touching nuclei found as one object (concave, solidity < 0.9) are left out of the
+    size; every object counts when fewer than MIN_NUCLEI convex ones are left."""
+    from nucleaizer_backend.size import SINGLE_SOLIDITY, single_nucleus_diameters
+
+    shape = (60, 200)
+    labels = np.zeros(shape, np.int32)
+    for i in range(MIN_NUCLEI):
+        labels[_disk(shape, 15, 15 + 30 * i, 6)] = i + 1  # r 6 disks
+    pair = _disk(shape, 45, 40, 8) | _disk(shape, 45, 56, 8)  # two r 8 disks, touching
+    labels[pair] = MIN_NUCLEI + 1
+    d = single_nucleus_diameters(labels)
+    disk_d = np.sqrt(4 * _disk(shape, 15, 15, 6).sum() / np.pi)
+    assert len(d) == MIN_NUCLEI and d == pytest.approx(np.full(MIN_NUCLEI, disk_d))
+    from skimage.measure import regionprops
+
+    assert regionprops((labels == MIN_NUCLEI + 1).astype(int))[0].solidity < SINGLE_SOLIDITY
+    labels[labels == 1] = 0  # 4 convex ones left: all objects are measured
+    assert len(single_nucleus_diameters(labels)) == MIN_NUCLEI
+    assert len(single_nucleus_diameters(np.zeros((5, 5), np.int32))) == 0

@@ -237,8 +237,9 @@ def test_size_qc_pools_each_group(size_qc):
         own = [float(r["NucleusSize_ImageMedianDiameter"]) for r in members]
         assert min(own) - 1e-9 <= float(pooled.pop()) <= max(own) + 1e-9
         for r in members:
-            # The nuclei output as objects are the ones the estimate was made from.
-            assert int(float(r["Count_PresegNuclei"])) == int(r["NucleusSize_ImageCount"])
+            # The nuclei output as objects are every nucleus found; the estimate was made from
+            # those that look single (solidity >= 0.9), at least 5 of them here.
+            assert int(float(r["Count_PresegNuclei"])) >= int(r["NucleusSize_ImageCount"]) >= 5
             assert (size_qc / "size_qc" / (Path(r["FileName_Original"]).stem + "_size_qc.png")).is_file()
     # The single-image H&E group is its own estimate.
     he = groups["he"][0]
