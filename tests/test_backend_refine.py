@@ -16,18 +16,7 @@ from nucleaizer_backend.refine import (
     remove_unconfident,
 )
 from nucleaizer_backend.tta import TRANSFORMS, merge_versions, segment_with_tta
-
-
-def disk(shape, cy, cx, r):
-    yy, xx = np.mgrid[: shape[0], : shape[1]]
-    return (yy - cy) ** 2 + (xx - cx) ** 2 <= r ** 2
-
-
-def labels_of(*masks, shape=(40, 40)):
-    out = np.zeros(shape, np.int32)
-    for i, m in enumerate(masks, start=1):
-        out[m & (out == 0)] = i
-    return out
+from shapes import disk, labels_of
 
 
 def test_paper_defaults():

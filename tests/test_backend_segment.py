@@ -8,6 +8,7 @@ from nucleaizer_backend.errors import InputImageError
 from nucleaizer_backend.imageio_utils import read_image
 from nucleaizer_backend.segment import SCALE_RANGE
 from nucleaizer_backend.size import MIN_NUCLEI
+from shapes import disk
 
 
 @pytest.fixture(scope="module")
@@ -141,11 +142,6 @@ def test_automatic_size_keeps_geometry(source, shape):
         assert est.count < MIN_NUCLEI
 
 
-def _disk(shape, cy, cx, r):
-    yy, xx = np.mgrid[: shape[0], : shape[1]]
-    return (yy - cy) ** 2 + (xx - cx) ** 2 <= r ** 2
-
-
 def test_size_is_measured_on_single_looking_nuclei():
     """Two touching nuclei found as one object (concave, solidity < 0.9) are left out of the
     size; every object counts when fewer than MIN_NUCLEI convex ones are left."""
@@ -154,11 +150,11 @@ def test_size_is_measured_on_single_looking_nuclei():
     shape = (60, 200)
     labels = np.zeros(shape, np.int32)
     for i in range(MIN_NUCLEI):
-        labels[_disk(shape, 15, 15 + 30 * i, 6)] = i + 1  # r 6 disks
-    pair = _disk(shape, 45, 40, 8) | _disk(shape, 45, 56, 8)  # two r 8 disks, touching
+        labels[disk(shape, 15, 15 + 30 * i, 6)] = i + 1  # r 6 disks
+    pair = disk(shape, 45, 40, 8) | disk(shape, 45, 56, 8)  # two r 8 disks, touching
     labels[pair] = MIN_NUCLEI + 1
     d = single_nucleus_diameters(labels)
-    disk_d = np.sqrt(4 * _disk(shape, 15, 15, 6).sum() / np.pi)
+    disk_d = np.sqrt(4 * disk(shape, 15, 15, 6).sum() / np.pi)
     assert len(d) == MIN_NUCLEI and d == pytest.approx(np.full(MIN_NUCLEI, disk_d))
     from skimage.measure import regionprops
 

@@ -13,17 +13,17 @@ from bench.error_budget import (
 )
 from bench.report import render
 
+import shapes
 
-def disk(cy, cx, r, shape=(40, 80)):
-    yy, xx = np.mgrid[: shape[0], : shape[1]]
-    return (yy - cy) ** 2 + (xx - cx) ** 2 <= r ** 2
+SHAPE = (40, 80)
 
 
-def labels_of(*masks, shape=(40, 80)):
-    out = np.zeros(shape, np.int64)
-    for i, m in enumerate(masks, start=1):
-        out[m & (out == 0)] = i
-    return out
+def disk(cy, cx, r):
+    return shapes.disk(SHAPE, cy, cx, r)
+
+
+def labels_of(*masks):
+    return shapes.labels_of(*masks, shape=SHAPE)
 
 
 A, B, C = disk(20, 15, 8), disk(20, 31, 8), disk(20, 62, 8)  # A and B touch
