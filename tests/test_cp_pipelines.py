@@ -32,7 +32,7 @@ CELLPROFILER = Path(sys.executable).parent / "cellprofiler"
 COUNT_TOLERANCE = 0.15
 COUNT_XFAIL_STYLES = {"he"}
 # Accuracy floor on the bundled examples (mean DSB score of the label images written by the
-# pipeline, automatic size). The shipped model scores 0.591; the floor catches regressions.
+# pipeline, automatic size). The shipped model scores 0.582; the floor catches regressions.
 MIN_MEAN_DSB = 0.56
 
 
@@ -192,7 +192,8 @@ def test_accuracy_floor_on_bundled_examples(segment_and_measure):
     "fluo",
     pytest.param("he", marks=pytest.mark.xfail(
         "he" in COUNT_XFAIL_STYLES, strict=True,
-        reason="the shipped model finds 63 of the 98 nuclei of he_4d14a3629b6a (issue 3 criterion not met yet)")),
+        reason="the shipped model finds 67 of the 98 nuclei of he_4d14a3629b6a and 40 of the 49 of "
+               "he_420f43d21dba (issue 3 criterion not met yet)")),
 ])
 def test_counts_within_tolerance_of_annotations(segment_and_measure, style):
     truth = {name: n for name, n in truth_counts().items() if name.startswith(style + "_")}
