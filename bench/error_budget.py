@@ -43,14 +43,16 @@ def fix_merges(truth, pred):
     inside_pred, _ = _inside(_intersections(truth, pred))
     out = pred.copy()
     next_id = int(pred.max()) + 1
+    boxes = ndimage.find_objects(pred)
     for p in np.flatnonzero(inside_pred.sum(axis=0) >= 2) + 1:
         nuclei = np.flatnonzero(inside_pred[:, p - 1]) + 1
-        obj = pred == p
-        seeds = np.where(np.isin(truth, nuclei) & obj, truth, 0)
+        box = boxes[p - 1]  # the seeds lie in the object, so their nearest one does too
+        obj = pred[box] == p
+        seeds = np.where(np.isin(truth[box], nuclei) & obj, truth[box], 0)
         _, (iy, ix) = ndimage.distance_transform_edt(seeds == 0, return_indices=True)
         nearest = seeds[iy, ix]
         for k in nuclei[1:]:
-            out[obj & (nearest == k)] = next_id
+            out[box][obj & (nearest == k)] = next_id
             next_id += 1
     return out
 

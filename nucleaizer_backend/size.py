@@ -76,9 +76,8 @@ def single_nucleus_diameters(labels):
     SINGLE_SOLIDITY; of every object when fewer than MIN_NUCLEI qualify."""
     if labels.max() == 0:
         return np.zeros(0)
-    props = regionprops_table(labels, properties=("area", "solidity"))
-    diameters = np.sqrt(4.0 * props["area"] / np.pi)
-    single = props["solidity"] >= SINGLE_SOLIDITY
+    diameters = equivalent_diameters(labels)  # by id, like regionprops_table
+    single = regionprops_table(labels, properties=("solidity",))["solidity"] >= SINGLE_SOLIDITY
     return diameters[single] if single.sum() >= MIN_NUCLEI else diameters
 
 

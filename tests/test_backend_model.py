@@ -19,7 +19,7 @@ SMOKE_DSB_FLOOR = 0.56  # the shipped model: 0.582 (main-s1 weights: 0.572)
 # The same with the diameter estimated automatically by preseg.
 SMOKE_AUTO_DSB_FLOOR = 0.56  # the shipped model: 0.582 (main-s1 weights: 0.550)
 # An estimated nucleus diameter counts as right when within this factor of the true one ...
-SIZE_TOLERANCE = 1.25  # the shipped model: ratios 0.90, 0.99, 1.00, 1.28 (he_4d14), 0.92
+SIZE_TOLERANCE = 1.25  # the shipped model: ratios 0.90, 1.01, 1.01 (fluo), 0.92, 1.25 (he_4d14)
 # ... on at least this fraction of the images.
 SIZE_MIN_FRACTION = 0.8
 
