@@ -103,7 +103,8 @@ def cmd_train(args):
                       threads=args.threads, device=args.device, init=args.init,
                       min_colour_share=args.min_colour_share, stain_jitter=args.stain_jitter,
                       styles=args.styles.split(",") if args.styles else None,
-                      synthetic=args.synthetic, synthetic_share=args.synthetic_share)
+                      synthetic=args.synthetic, synthetic_share=args.synthetic_share,
+                      workers=args.workers, max_minutes=args.max_minutes)
     bar = _progress_bar(args.steps, "train")
 
     def progress(step, total, info):
@@ -325,6 +326,11 @@ def build_parser():
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, help="CPU threads for torch")
     t.add_argument("--device", default="auto", help="auto (GPU when present), cpu or cuda")
+    t.add_argument("--workers", type=int, default=0,
+                   help="processes making the training crops (0: in the training process, "
+                   "exactly reproducible across --resume; on a GPU use several, e.g. cores - 2)")
+    t.add_argument("--max-minutes", type=float,
+                   help="stop after this much wall time, checkpointed (continue with --resume)")
     t.add_argument("--init", help="network file to start from")
     t.add_argument("--min-colour-share", type=float, default=0.3,
                    help="least share of samples for colour (stained) and for gray images")

@@ -5,7 +5,7 @@ import numpy as np
 
 from .errors import InputImageError
 
-IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
+IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp", ".webp")
 
 
 def is_image_file(path):

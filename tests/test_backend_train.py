@@ -251,3 +251,39 @@ def test_stain_jitter_changes_stained_images_only(train_data, tmp_path):
                      "--batch-size", "1", "--crop", "64", "--threads", "1",
                      "--stain-jitter", "0.1"]) == 0
     assert json.loads((run / "config.json").read_text())["stain_jitter"] == 0.1
+
+
+def test_crop_workers_are_reproducible_and_train(train_data, tmp_path, monkeypatch):
+    # crops made in 2 DataLoader worker processes (as on a GPU machine): same seed and worker
+    # count -> the same weights; the crops differ from those made in the training process
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+    def run(name, **kw):
+        cfg = TrainConfig(data=str(train_data), out=str(tmp_path / name),
+                          **{**TINY, "steps": 3, **kw})
+        train(cfg)
+        return model_state(tmp_path / name)
+
+    a, b = run("a", workers=2), run("b", workers=2)
+    assert same_weights(a["model"], b["model"]), "two worker runs with the same seed differ"
+    here = run("here")
+    assert not same_weights(a["model"], here["model"])
+    log = [json.loads(line) for line in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(r["loss"]) for r in log if "loss" in r)
+
+
+def test_time_limit_stops_checkpointed_and_resumes(train_data, tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["train", "--data", str(train_data), "--out", str(run), "--steps", "5",
+            "--batch-size", "1", "--crop", "64", "--checkpoint-every", "100", "--seed", "3",
+            "--threads", "1", "--max-minutes", "0"]
+    assert cli.main(args) == 0  # stops after its first step, with a checkpoint
+    assert model_state(run)["step"] == 1
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if r.get("event") == "time limit"] == [1]
+    assert [r["step"] for r in log if "loss" in r] == [1]  # the partial window is logged
+    assert read_network_meta(run / "last.safetensors")["steps"] == 1
+    args.remove("--max-minutes")
+    args.remove("0")
+    assert cli.main(args + ["--resume"]) == 0
+    assert model_state(run)["step"] == 5
