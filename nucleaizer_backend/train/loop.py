@@ -126,10 +126,14 @@ class CropStream(torch.utils.data.IterableDataset):
         info = torch.utils.data.get_worker_info()
         rng = np.random.default_rng([self.cfg.seed, self.start_step, info.id if info else 0])
         while True:
-            batch = [make_training_crop(pick_item(self.items, self.weights, self.synthetic,
-                                                  self.cfg.synthetic_share, rng), self.spec, rng)
-                     for _ in range(self.cfg.batch_size)]
-            yield to_targets(batch, self.cfg.kind, self.spec.min_area)
+            yield make_batch(self.cfg, self.items, self.weights, self.synthetic, self.spec, rng)
+
+
+def make_batch(cfg, items, weights, synthetic, spec, rng):
+    """One training batch (image tensors, targets) of ``cfg.batch_size`` random crops."""
+    crops = [make_training_crop(pick_item(items, weights, synthetic, cfg.synthetic_share, rng),
+                                spec, rng) for _ in range(cfg.batch_size)]
+    return to_targets(crops, cfg.kind, spec.min_area)
 
 
 def crop_batches(cfg, items, weights, synthetic, spec, rng, start_step):
@@ -141,10 +145,7 @@ def crop_batches(cfg, items, weights, synthetic, spec, rng, start_step):
 
     def here():
         while True:
-            batch = [make_training_crop(pick_item(items, weights, synthetic,
-                                                  cfg.synthetic_share, rng), spec, rng)
-                     for _ in range(cfg.batch_size)]
-            yield to_targets(batch, cfg.kind, spec.min_area)
+            yield make_batch(cfg, items, weights, synthetic, spec, rng)
 
     return here()
 
