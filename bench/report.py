@@ -386,7 +386,8 @@ def render(results, references, current_weights=None):
                 f"{_median([r['segment_s'] for r in speed['per_image'] if r['diameter'] < 35]):.2f} s; "
                 f"over those with larger nuclei: "
                 f"{_median([r['segment_s'] for r in speed['per_image'] if r['diameter'] >= 35]):.2f} s).",
-                "", "No GPU was available to this task, so GPU throughput is not measured yet.", "",
+                "", "No GPU was available to this task, so GPU throughput is not measured yet "
+                "(`scripts/device_train_main.py` measures it in its first step when one is).", "",
                 "| image | diameter used (px) | scale | nuclei | segment (s) | IdentifyPrimaryObjects (s) |",
                 "|---|---|---|---|---|---|"]
         for r in speed["per_image"]:
