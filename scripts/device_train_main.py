@@ -105,7 +105,7 @@ def time_segmentation(args):
     images = [read_image(p) for p in list_images([ROOT / "example_images" / "images"])]
     segment_image(images[0], device=args.device)  # load and warm up
     per_image = []
-    for img in images * 3:
+    for img in images * args.repeats:
         sync()
         t0 = time.perf_counter()
         r = segment_image(img, device=args.device)
@@ -116,7 +116,7 @@ def time_segmentation(args):
     sized = [img for img in images if img.shape[:2] == (520, 696)] or images
     x = rescale_image(normalize_image(sized[0]), 1.0, device)
     batched = {}
-    for b in (1, 8, 32):
+    for b in (int(v) for v in args.batches.split(",")):
         crops = [x] * b
         for _ in range(2):
             with torch.autocast(device.type, enabled=device.type == "cuda"):
@@ -151,6 +151,8 @@ def main(argv=None):
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--work", default="/tmp/nucleaizer-device")
     ap.add_argument("--skip-timing", action="store_true")
+    ap.add_argument("--repeats", type=int, default=3, help="segment() timings per bundled image")
+    ap.add_argument("--batches", default="1,8,32", help="batch sizes of the throughput timing")
     args = ap.parse_args(argv)
     out = Path(os.environ.get("OUT", "device_out"))
     out.mkdir(parents=True, exist_ok=True)
