@@ -141,7 +141,7 @@ def crop_batches(cfg, items, weights, synthetic, spec, rng, start_step):
     if cfg.workers > 0:
         stream = CropStream(cfg, items, weights, synthetic, spec, start_step)
         return iter(torch.utils.data.DataLoader(stream, batch_size=None, num_workers=cfg.workers,
-                                                prefetch_factor=4, persistent_workers=True))
+                                                prefetch_factor=4))
 
     def here():
         while True:
