@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from nucleaizer_backend.models.io import DEFAULT_MODEL_DIR  # noqa: E402
+from nucleaizer_backend.models.io import DEFAULT_MODEL_DIR, read_network_meta  # noqa: E402
 from nucleaizer_backend.train.loop import TrainConfig, read_run_log, train  # noqa: E402
 
 
@@ -75,10 +75,10 @@ def train_for(args, out):
     for k in range(args.chunks):
         cfg = config(args, run, steps, max_minutes=args.minutes / args.chunks)
         train(cfg, resume=k > 0)
-        step = int(torch.load(run / "checkpoint.pt", weights_only=True)["step"])
+        step = read_network_meta(run / "last.safetensors")["steps"]
         name = f"main_step{step}.safetensors"
         shutil.copy(run / "last.safetensors", out / name)
-        pieces.append({"step": int(step), "file": name})
+        pieces.append({"step": step, "file": name})
         say(f"piece {k + 1}/{args.chunks}: step {step} of {steps}")
         if step >= steps:
             break

@@ -125,15 +125,15 @@ class CropStream(torch.utils.data.IterableDataset):
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
         rng = np.random.default_rng([self.cfg.seed, self.start_step, info.id if info else 0])
-        while True:
-            yield make_batch(self.cfg, self.items, self.weights, self.synthetic, self.spec, rng)
+        return batch_stream(self.cfg, self.items, self.weights, self.synthetic, self.spec, rng)
 
 
-def make_batch(cfg, items, weights, synthetic, spec, rng):
-    """One training batch (image tensors, targets) of ``cfg.batch_size`` random crops."""
-    crops = [make_training_crop(pick_item(items, weights, synthetic, cfg.synthetic_share, rng),
-                                spec, rng) for _ in range(cfg.batch_size)]
-    return to_targets(crops, cfg.kind, spec.min_area)
+def batch_stream(cfg, items, weights, synthetic, spec, rng):
+    """Endless training batches (image tensors, targets) of ``cfg.batch_size`` random crops."""
+    while True:
+        crops = [make_training_crop(pick_item(items, weights, synthetic, cfg.synthetic_share,
+                                              rng), spec, rng) for _ in range(cfg.batch_size)]
+        yield to_targets(crops, cfg.kind, spec.min_area)
 
 
 def crop_batches(cfg, items, weights, synthetic, spec, rng, start_step):
@@ -142,12 +142,7 @@ def crop_batches(cfg, items, weights, synthetic, spec, rng, start_step):
         stream = CropStream(cfg, items, weights, synthetic, spec, start_step)
         return iter(torch.utils.data.DataLoader(stream, batch_size=None, num_workers=cfg.workers,
                                                 prefetch_factor=4))
-
-    def here():
-        while True:
-            yield make_batch(cfg, items, weights, synthetic, spec, rng)
-
-    return here()
+    return batch_stream(cfg, items, weights, synthetic, spec, rng)
 
 
 def to_targets(crops, kind, min_area):
