@@ -135,6 +135,29 @@ def _annotation_files(folder):
     return {_strip_label_suffix(p.stem): p for p in list_images([folder])}
 
 
+def _annotations_for(inputs, folder):
+    """The label files of ``folder`` (see _annotation_files) whose names match one of the
+    images given as ``inputs``: a folder of labels may hold more images than are adapted to.
+    Those left out are named on stderr; none matching is an error."""
+    import sys
+
+    from .imageio_utils import list_images
+
+    files = _annotation_files(folder)
+    names = {p.stem for p in list_images(inputs)}
+    used = {n: p for n, p in files.items() if n in names}
+    unused = sorted(n for n in files if n not in names)
+    if not used:
+        raise NucleaizerError(f"{folder}: none of its {len(files)} label images is named like "
+                              "one of the target images (e.g. image a.png, labels a.tif or "
+                              "a_mask.tif)")
+    if unused:
+        print(f"annotations: {len(used)} of the {len(files)} label images of {folder} are "
+              f"used; {len(unused)} have no target image ({', '.join(unused[:3])}"
+              f"{' ...' if len(unused) > 3 else ''})", file=sys.stderr)
+    return used
+
+
 def cmd_adapt(args):
     from .style.adapt import AdaptConfig, adapt
 
@@ -146,7 +169,7 @@ def cmd_adapt(args):
                       replay_styles=args.replay_styles.split(",") if args.replay_styles else None,
                       iterations=args.iterations, masks_from=args.masks_from,
                       min_reliable_share=args.min_reliable_share, seed=args.seed, threads=args.threads, device=args.device)
-    annotations = _annotation_files(args.annotations) if args.annotations else None
+    annotations = _annotations_for(args.inputs, args.annotations) if args.annotations else None
     bar = _progress_bar(1, "adapt")
     state = {"stage": None}
 
@@ -351,7 +374,8 @@ def build_parser():
     a.add_argument("--out", required=True, help="folder of the adapted model (its work/ "
                    "subfolder holds intermediate results)")
     a.add_argument("--annotations", help="folder of label images named like some of the target "
-                   "images: used as their masks instead of preseg's (GTstyle)")
+                   "images: used as their masks instead of preseg's (GTstyle); label images "
+                   "of other images in it are left out (and named)")
     a.add_argument("--preset", choices=["quick", "full"], default="quick",
                    help="quick: about 25 min for 20 images on a 2-core CPU; full: paper-like "
                    "(hours; GPU recommended)")
