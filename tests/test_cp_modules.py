@@ -38,6 +38,11 @@ def cp(cellprofiler):
 
     start_java()
     yield cellprofiler
+    # as CellProfiler's own __main__ shuts down: readers first (they hold Java objects whose
+    # release at interpreter exit, after the JVM is gone, printed "Error in sys.excepthook")
+    from bioformats.formatreader import clear_image_reader_cache
+
+    clear_image_reader_cache()
     stop_java()  # (without it the JVM keeps the process alive at exit)
 
 
