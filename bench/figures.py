@@ -57,10 +57,7 @@ def example_overlay(model=None):
 
 
 def f1_curve():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from nucleaizer_backend.evaluate import plot_f1_curves
 
     res_file = ROOT / "bench" / "results" / "accuracy.json"
     if not res_file.is_file():
@@ -68,19 +65,8 @@ def f1_curve():
     acc = json.loads(res_file.read_text())
     names = {"auto": "nucleAIzer (automatic size)", "true_size": "nucleAIzer (true size)",
              "identifyprimaryobjects": "IdentifyPrimaryObjects"}
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for key, name in names.items():
-        if key in acc:
-            curve = acc[key]["f1_curve"]
-            ax.plot([float(t) for t in curve], list(curve.values()), "o-", label=name)
-    ax.set_xlabel("IoU threshold")
-    ax.set_ylabel("F1 (mean over val images)")
-    ax.set_ylim(0, 1)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(DOCS / "f1_curve.png", dpi=90)
-    plt.close(fig)
+    plot_f1_curves({name: acc[key]["f1_curve"] for key, name in names.items() if key in acc},
+                   DOCS / "f1_curve.png")
 
 
 def refinement_f1():

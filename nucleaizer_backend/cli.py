@@ -281,6 +281,15 @@ def cmd_evaluate(args):
           f"{s['n_pred']}; merges {s['merges']}, splits {s['splits']}")
     if args.json:
         Path(args.json).write_text(json.dumps(s, indent=1))
+    if args.csv:
+        keys = ("image", "n_true", "n_pred", "dsb", "precision", "recall", "f1", "caicedo_f1",
+                "missed", "extra", "merges", "splits")
+        _write_csv(args.csv, [{k: row[k] for k in keys} for row in s["per_image"]])
+    if args.plot:
+        from .evaluate import plot_f1_curves
+
+        plot_f1_curves({f"{Path(args.pred).name} (DSB {s['dsb']:.3f})": s}, args.plot,
+                       title=f"{s['images']} images of {truth_dir}")
     return 0
 
 
@@ -426,6 +435,9 @@ def build_parser():
     v.add_argument("--pred", required=True, help="folder of predicted label images")
     v.add_argument("--truth", required=True, help="folder of true label images (or DIR/labels)")
     v.add_argument("--json", help="write all metrics and per-image rows to this JSON file")
+    v.add_argument("--csv", help="write one row per image (counts, DSB, mAP, mAR, mF1, errors "
+                   "at IoU 0.7) to this CSV file")
+    v.add_argument("--plot", help="write a PNG of F1 against the IoU threshold to this file")
     v.set_defaults(func=cmd_evaluate)
     return p
 

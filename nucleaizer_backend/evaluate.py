@@ -15,6 +15,8 @@ Used by the tests, the benchmarks, validation during training and ``nucleaizer e
 """
 from dataclasses import asdict, dataclass
 
+from pathlib import Path
+
 import numpy as np
 
 THRESHOLDS = np.round(np.arange(0.50, 0.951, 0.05), 2)
@@ -119,3 +121,33 @@ def summarize(scores, names=None):
     names = names or [str(i) for i in range(len(scores))]
     out["per_image"] = [dict(image=n, **s.to_dict()) for n, s in zip(names, scores)]
     return out
+
+
+def plot_f1_curves(curves, path, title=None):
+    """Write a PNG of F1 against the IoU threshold (0.50-0.95).
+
+    curves: {label: summarize() dict, or its ``f1_curve`` mapping {"0.50": F1, ...}}; one
+    line each. path: the PNG file (folders made). Returns ``path``.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for label, curve in curves.items():
+        curve = curve.get("f1_curve", curve)
+        ax.plot([float(t) for t in curve], list(curve.values()), "o-", label=label)
+    ax.set_xlabel("IoU threshold")
+    ax.set_ylabel("F1 (mean over images)")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path

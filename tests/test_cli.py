@@ -165,15 +165,27 @@ def test_evaluate_identical_labels(example_images_dir, label_copy, tmp_path, cap
 def test_evaluate_missing_prediction_counts_as_empty(example_images_dir, label_copy, tmp_path,
                                                      capsys):
     (label_copy / "he_4d14a3629b6a.tif").unlink()
-    report = tmp_path / "scores.json"
+    report, table, plot = tmp_path / "scores.json", tmp_path / "per_image.csv", tmp_path / "f1.png"
     rc = cli.main(["evaluate", "--pred", str(label_copy),
-                   "--truth", str(example_images_dir / "labels"), "--json", str(report)])
+                   "--truth", str(example_images_dir / "labels"), "--json", str(report),
+                   "--csv", str(table), "--plot", str(plot)])
     assert rc == 0
     s = json.loads(report.read_text())
     assert s["dsb"] == pytest.approx(4 / 5)  # four perfect images, one with nothing found
     assert s["missed"] == 98
     lines = error_lines(capsys.readouterr().err)
     assert len(lines) == 1 and "he_4d14a3629b6a" in lines[0]
+    with open(table) as f:
+        rows = {r["image"]: r for r in csv.DictReader(f)}
+    assert len(rows) == 5 and float(rows["he_4d14a3629b6a"]["dsb"]) == 0.0
+    assert rows["he_4d14a3629b6a"]["n_true"] == "98" and rows["he_4d14a3629b6a"]["n_pred"] == "0"
+    assert float(rows["fluo_0e5edb072788"]["dsb"]) == 1.0
+    from PIL import Image
+
+    with Image.open(plot) as im:  # 5 x 3.5 in at 90 dpi
+        assert im.size == (450, 315)
+        gray = np.asarray(im.convert("L"))
+    assert gray.min() < 100 and (gray < 250).mean() > 0.02  # axes, line and text drawn
 
 
 def test_evaluate_without_common_images(example_images_dir, tmp_path, capsys):
