@@ -17,16 +17,6 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 
 
-def outline(labels):
-    """Boolean (H, W) image of object boundaries (pixels next to another label)."""
-    edge = np.zeros(labels.shape, bool)
-    edge[:-1] |= labels[:-1] != labels[1:]
-    edge[1:] |= labels[:-1] != labels[1:]
-    edge[:, :-1] |= labels[:, :-1] != labels[:, 1:]
-    edge[:, 1:] |= labels[:, :-1] != labels[:, 1:]
-    return edge & (labels > 0)
-
-
 def example_overlay(model=None):
     import matplotlib
 
@@ -35,17 +25,16 @@ def example_overlay(model=None):
 
     from nucleaizer_backend import segment_image
     from nucleaizer_backend.imageio_utils import read_image
+    from nucleaizer_backend.overlay import overlay_outlines
 
     ex = ROOT / "example_images"
     with open(ex / "index.csv") as f:
         rows = list(csv.DictReader(f))
     fig, axes = plt.subplots(1, len(rows), figsize=(3.2 * len(rows), 3.9))
     for ax, r in zip(axes, rows):
-        img = read_image(ex / "images" / f"{r['id']}.png")[..., :3]
+        img = read_image(ex / "images" / f"{r['id']}.png")
         res = segment_image(img, model=model, device="cpu")
-        shown = img.astype(float) / max(img.max(), 1)
-        shown[outline(res.labels)] = [0.1, 1.0, 0.1]
-        ax.imshow(shown)
+        ax.imshow(overlay_outlines(img, res.labels))
         ax.set_title(f"{r['style']}: {res.count} found / {r['nuclei']} annotated\n"
                      f"diameter {res.diameter:.0f} px (true {float(r['median_diameter_px']):.0f})",
                      fontsize=8)

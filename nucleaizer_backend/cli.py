@@ -42,12 +42,15 @@ def cmd_segment(args):
     bar = _progress_bar(len(paths), "segment")
     for p in paths:
         try:
-            r = segment_image(read_image(p), model=args.model, diameter=args.diameter,
+            image = read_image(p)
+            r = segment_image(image, model=args.model, diameter=args.diameter,
                               device=args.device, confidence=args.confidence,
                               refine=not args.no_refine, use_unet=not args.no_unet,
                               tta=args.tta,
                               postprocess=_postprocess_overrides(args))
             write_labels(out / f"{p.stem}.tif", r.labels)
+            if args.overlays:
+                _write_overlay(out / "overlays" / f"{p.stem}.png", image, r.labels)
             rows.append({"image": p.name, "nuclei": r.count, "diameter_px": round(r.diameter, 2),
                          "scale": round(r.scale, 4),
                          "size_reliable": "" if r.size_estimate is None else r.size_estimate.reliable,
@@ -62,8 +65,19 @@ def cmd_segment(args):
         bar.update(1)
     bar.close()
     _write_csv(out / "summary.csv", rows)
-    print(f"{len(paths) - failed} of {len(paths)} images segmented; labels and summary.csv in {out}")
+    print(f"{len(paths) - failed} of {len(paths)} images segmented; labels"
+          f"{', overlays/' if args.overlays else ''} and summary.csv in {out}")
     return EXIT_SOME_FAILED if failed else 0
+
+
+def _write_overlay(path, image, labels):
+    """PNG of ``image`` with the outlines of ``labels`` (overlay.overlay_outlines)."""
+    import imageio.v3 as iio
+
+    from .overlay import overlay_outlines
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    iio.imwrite(path, overlay_outlines(image, labels))
 
 
 def _postprocess_overrides(args):
@@ -316,6 +330,9 @@ def build_parser():
     s = sub.add_parser("segment", help="segment nuclei; writes OUTDIR/<image>.tif and summary.csv")
     s.add_argument("inputs", nargs="+", help="image files or folders")
     s.add_argument("-o", "--output", required=True, help="output folder")
+    s.add_argument("--overlays", action="store_true",
+                   help="also write OUTDIR/overlays/<image>.png: the image with the nuclei's "
+                   "outlines in green")
     s.add_argument("--diameter", type=float, help="nucleus diameter in px (default: estimated)")
     s.add_argument("--confidence", type=float,
                    help="minimum detection score (default: the model's, 0.5)")

@@ -57,6 +57,18 @@ def normalize_image(image):
 
     A constant or all-NaN image gives an all-zero array (nothing to find, no error).
     """
+    a = stretch_intensities(image)
+    if has_bright_background(a):
+        a = np.subtract(1.0, a, out=a)
+    return a
+
+
+def stretch_intensities(image):
+    """Any 2D image -> float32 (H, W, 3) in [0, 1], stretched between robust percentiles but
+    not inverted: the image as a viewer shows it (normalize_image's first step).
+
+    A constant or all-NaN image gives an all-zero array.
+    """
     a = to_hwc(image)
     finite = np.isfinite(a)
     if not finite.all():  # NaN and -inf -> darkest value, +inf (saturated) -> brightest
@@ -68,10 +80,7 @@ def normalize_image(image):
         lo, hi = float(a.min()), float(a.max())
     if not hi > lo:
         return np.zeros(a.shape, np.float32)
-    a = np.clip((a - lo) / (hi - lo), 0.0, 1.0, out=a)
-    if has_bright_background(a):
-        a = np.subtract(1.0, a, out=a)
-    return a
+    return np.clip((a - lo) / (hi - lo), 0.0, 1.0, out=a)
 
 
 def has_bright_background(normalized):

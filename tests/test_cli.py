@@ -67,6 +67,32 @@ def test_segment_folder_with_bad_files(mixed_folder, example_index, tmp_path, ca
         assert len(np.unique(labels)) - 1 == int(row["nuclei"]) > 0
 
 
+def test_segment_overlays(example_images_dir, tmp_path, capsys):
+    """--overlays: the image as given (H&E stays bright, not inverted as the networks see it)
+    with exactly the outline pixels of the written labels in green."""
+    from nucleaizer_backend.overlay import outline_mask
+    from nucleaizer_backend.preprocess import stretch_intensities
+
+    images = [example_images_dir / "images" / f"{n}.png"
+              for n in ("fluo_0e5edb072788", "he_420f43d21dba")]
+    out = tmp_path / "out"
+    assert cli.main(["segment", *map(str, images), "-o", str(out), "--overlays",
+                     "--diameter", "20", "--device", "cpu"]) == 0
+    assert "overlays/" in capsys.readouterr().out
+    for p in images:
+        labels = tifffile.imread(out / f"{p.stem}.tif")
+        shown = read_image(out / "overlays" / f"{p.stem}.png")
+        assert shown.shape == labels.shape + (3,) and shown.dtype == np.uint8
+        edge = outline_mask(labels)
+        assert edge.sum() > 20 * 20  # at least 20 nuclei of 20+ outline px
+        green = (shown == [0, 255, 0]).all(axis=-1)
+        np.testing.assert_array_equal(green, edge)
+        plain = np.round(stretch_intensities(read_image(p)) * 255).astype(np.uint8)
+        np.testing.assert_array_equal(shown[~edge], plain[~edge])
+    he = read_image(out / "overlays" / "he_420f43d21dba.png")
+    assert np.median(he) > 150  # bright background, as the H&E image looks
+
+
 def test_segment_missing_model_is_one_line_usage_error(example_images_dir, tmp_path, capsys):
     img = example_images_dir / "images" / "fluo_0e5edb072788.png"
     missing = tmp_path / "no_such_model"

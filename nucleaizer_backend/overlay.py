@@ -1,0 +1,33 @@
+"""Pictures of a segmentation: the image as given with the outlines of its nuclei drawn on it
+(``nucleaizer segment --overlays``, the README's example figure)."""
+import numpy as np
+
+from .preprocess import stretch_intensities
+
+OUTLINE_COLOUR = (0, 255, 0)
+
+
+def outline_mask(labels):
+    """(H, W) bool: the pixels of each object of ``labels`` (H, W) that touch another label
+    or the background (the inner boundary, 1 px wide)."""
+    labels = np.asarray(labels)
+    edge = np.zeros(labels.shape, bool)
+    for axis in (0, 1):
+        lo = [slice(None)] * 2
+        hi = [slice(None)] * 2
+        lo[axis], hi[axis] = slice(None, -1), slice(1, None)
+        differs = labels[tuple(lo)] != labels[tuple(hi)]
+        edge[tuple(lo)] |= differs
+        edge[tuple(hi)] |= differs
+    return edge & (labels > 0)
+
+
+def overlay_outlines(image, labels, colour=OUTLINE_COLOUR):
+    """(H, W, 3) uint8: ``image`` (any 2D image, any dtype; contrast-stretched, not inverted)
+    with the outlines of ``labels`` (H, W) painted in ``colour`` (RGB 0-255)."""
+    shown = np.round(stretch_intensities(image) * 255).astype(np.uint8)
+    if shown.shape[:2] != np.shape(labels):
+        raise ValueError(f"labels of shape {np.shape(labels)} do not match the image "
+                         f"{shown.shape[:2]}")
+    shown[outline_mask(labels)] = colour
+    return shown
