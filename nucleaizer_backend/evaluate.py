@@ -14,7 +14,6 @@ Used by the tests, the benchmarks, validation during training and ``nucleaizer e
   nuclei overlapped by more than one prediction with IoU > 0.1.
 """
 from dataclasses import asdict, dataclass
-
 from pathlib import Path
 
 import numpy as np
