@@ -87,6 +87,28 @@ def test_train_and_resume_with_cli(train_data, tmp_path, capsys):
     assert result.labels.shape == (40, 50)
 
 
+def test_preloaded_training_images_are_used_as_given(train_data, tmp_path, monkeypatch):
+    """train(items=...) trains on the images passed (a process training in pieces loads
+    them once) and gives the same weights as loading them itself."""
+    from nucleaizer_backend.train import loop
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg = TrainConfig(data=str(train_data), out=str(tmp_path / "a"), **{**TINY, "steps": 2})
+    items = loop.training_items(cfg)
+    assert len(items) > 1
+    train(cfg)
+    train(TrainConfig(**{**asdict(cfg), "out": str(tmp_path / "b")}), items=items)
+    assert same_weights(model_state(tmp_path / "a")["model"], model_state(tmp_path / "b")["model"])
+
+    def no_loading(_cfg):
+        raise AssertionError("training images loaded again")
+
+    monkeypatch.setattr(loop, "training_items", no_loading)
+    train(TrainConfig(**{**asdict(cfg), "out": str(tmp_path / "c")}), items=items[:1])
+    start = [r for r in read_run_log(tmp_path / "c" / "log.jsonl") if r.get("event") == "start"]
+    assert start[0]["train_images"] == 1
+
+
 def test_same_seed_same_weights_and_resume_is_seamless(train_data, tmp_path, monkeypatch):
     # bit-exact on the CPU; CUDA kernels (e.g. roi_align backward) are not deterministic
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

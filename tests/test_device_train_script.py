@@ -34,6 +34,9 @@ def test_rehearsal_on_cpu(tmp_path, example_images_dir):
     pieces = training["pieces"]
     assert len(pieces) == 2 and 0 < pieces[0]["step"] < pieces[1]["step"]
     assert training["steps_planned"] >= 11  # warm-up + 10 at least
+    # the data are loaded once for the probe and every piece
+    assert training["data_load_s"] > 0 and r.stdout.count("training images loaded") == 1
+    assert "data: 5 training images loaded" in r.stdout
     for p in pieces:
         assert read_network_meta(out / p["file"])["steps"] == p["step"]
     files = sorted(f.name for f in out.iterdir())

@@ -300,10 +300,12 @@ def network_meta(cfg, step, extra=None):
     return meta
 
 
-def train(cfg, resume=False, progress=None):
+def train(cfg, resume=False, progress=None, items=None):
     """Train (or with ``resume``, continue) a network as described by ``cfg``.
 
-    ``progress(step, total, info)`` is called after every step. Returns the run folder path.
+    ``progress(step, total, info)`` is called after every step. ``items``: the training
+    images of ``cfg`` already loaded by ``training_items(cfg)``, for a process that trains
+    in several calls (loaded here when None). Returns the run folder path.
     """
     run = RunFolder(cfg.out)
     config_file = run.dir / "config.json"
@@ -338,7 +340,7 @@ def train(cfg, resume=False, progress=None):
         optimizer.load_state_dict(state["optimizer"])
         step, best = int(state["step"]), float(state["best"])
 
-    train_items = training_items(cfg)
+    train_items = training_items(cfg) if items is None else items
     synthetic_items = [it for it in load_dataset(cfg.synthetic) if np.isfinite(it.diameter)] \
         if cfg.synthetic else []
     val_items = load_dataset(cfg.val, cfg.val_limit) if cfg.val else []
