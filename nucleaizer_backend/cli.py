@@ -296,9 +296,8 @@ def cmd_evaluate(args):
     if args.json:
         Path(args.json).write_text(json.dumps(s, indent=1))
     if args.csv:
-        keys = ("image", "n_true", "n_pred", "dsb", "precision", "recall", "f1", "caicedo_f1",
-                "missed", "extra", "merges", "splits")
-        _write_csv(args.csv, [{k: row[k] for k in keys} for row in s["per_image"]])
+        _write_csv(args.csv, [{k: v for k, v in row.items() if k != "f1_curve"}
+                              for row in s["per_image"]])
     if args.plot:
         from .evaluate import plot_f1_curves
 

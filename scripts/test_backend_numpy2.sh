@@ -17,7 +17,7 @@ if [ ! -f "$stamp" ]; then
     --target "$OVERLAY" "numpy>=2,<3" "scipy>=1.13" "scikit-image>=0.24" \
     "matplotlib>=3.9" tifffile imageio 2>&1 | grep -v -e "^WARNING: Location" \
     -e "^[a-z0-9_.-]* [0-9][^ ]* requires " -e "dependency resolver does not currently" >&2 || true
-  PYTHONPATH="$OVERLAY" .venv/bin/python -c "import numpy; assert numpy.__version__ >= '2'"
+  PYTHONPATH="$OVERLAY" .venv/bin/python -c "import numpy; assert int(numpy.__version__.split('.')[0]) >= 2"
   touch "$stamp"
 fi
 PYTHONPATH="$OVERLAY" .venv/bin/python -c "import numpy, scipy, skimage, torch; print(
