@@ -309,3 +309,60 @@ def test_time_limit_stops_checkpointed_and_resumes(train_data, tmp_path, capsys)
     args.remove("0")
     assert cli.main(args + ["--resume"]) == 0
     assert model_state(run)["step"] == 5
+
+
+def test_group_norm_recipe_trains_and_loads(train_data, tmp_path):
+    # GroupNorm backbone (batch-free statistics): trains, and its network file rebuilds it
+    from nucleaizer_backend.models.io import load_network
+
+    cfg = TrainConfig(data=str(train_data), out=str(tmp_path / "gn"),
+                      architecture={"norm": "group"}, **TINY)
+    train(cfg)
+    net, meta = load_network(tmp_path / "gn" / "last.safetensors")
+    assert meta["architecture"]["norm"] == "group"
+    norms = [m for m in net.backbone.body.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert norms and not any(isinstance(m, torch.nn.BatchNorm2d)
+                             for m in net.backbone.body.modules())
+    log = read_run_log(tmp_path / "gn" / "log.jsonl")
+    assert all(np.isfinite(r["loss"]) for r in log if "loss" in r)
+
+
+def test_training_speed_settings():
+    from nucleaizer_backend.models.io import build_network
+    from nucleaizer_backend.train.loop import make_optimizer, use_bf16
+
+    cpu = torch.device("cpu")
+    assert use_bf16("fp32", cpu) is False and use_bf16("bf16", cpu) is True
+    assert use_bf16("auto", cpu) == torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    with pytest.raises(ValueError, match="precision"):
+        use_bf16("fp16", cpu)
+    # RPN proposals and sampled RoIs while training come from the architecture (nuclei-sized
+    # defaults); inference keeps rpn_proposals_test
+    model = build_network("main")
+    assert model.rpn._pre_nms_top_n == {"training": 600, "testing": 2000}
+    assert model.rpn._post_nms_top_n == {"training": 300, "testing": 2000}
+    assert model.roi_heads.fg_bg_sampler.batch_size_per_image == 128
+    model = build_network("main", {"rpn_proposals_train": [2000, 1000], "box_rois_train": 64})
+    assert model.rpn._pre_nms_top_n["training"] == 2000
+    assert model.roi_heads.fg_bg_sampler.batch_size_per_image == 64
+    opt = make_optimizer(list(model.parameters()), TrainConfig(data="", out=""), cpu)
+    assert opt.defaults["fused"] is True
+
+
+def test_channels_last_backbone_keeps_weights_and_outputs():
+    # the backbone converts its input to channels-last itself: same state-dict keys as the
+    # plain torchvision backbone, same features
+    from torchvision.models.detection.backbone_utils import BackboneWithFPN
+
+    from nucleaizer_backend.models.io import build_network
+
+    model = build_network("main").eval()
+    x = torch.rand(1, 3, 64, 96)
+    with torch.no_grad():
+        ours = model.backbone(x)
+        model.backbone.__class__ = BackboneWithFPN
+        plain = model.backbone(x)
+    assert ours.keys() == plain.keys()
+    for k in ours:
+        assert ours[k].is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(ours[k], plain[k].contiguous(), rtol=1e-4, atol=1e-5)

@@ -54,6 +54,7 @@ class TrainConfig:
     synthetic_share: float = 0.3  # fraction of crops drawn from ``synthetic``
     workers: int = 0  # processes making the crops (0: in the training process; see CropStream)
     max_minutes: float = None  # stop (checkpointed, resumable) after this much wall time
+    precision: str = "auto"  # "bf16" autocast, "fp32", or "auto": bf16 where the hardware has it
 
     def crop_spec(self):
         if self.kind == "preseg":
@@ -63,6 +64,27 @@ class TrainConfig:
             return CropSpec(size=self.crop, target_diameter=WORKING_DIAMETER,
                             stain_jitter=self.stain_jitter)
         raise ValueError(f"unknown model kind {self.kind!r} (main, preseg or unet)")
+
+
+def use_bf16(precision, device):
+    """True when training should run in bf16 autocast: ``precision`` "bf16", or "auto" on
+    CUDA and on CPUs whose oneDNN has native bf16 (AVX512-BF16/AMX; there convolutions run
+    about 1.3x faster, elsewhere bf16 is emulated and slower)."""
+    if precision not in ("auto", "bf16", "fp32"):
+        raise ValueError(f"precision must be auto, bf16 or fp32 (got {precision!r})")
+    if precision != "auto":
+        return precision == "bf16"
+    if device.type == "cuda":
+        return True
+    return device.type == "cpu" and torch.backends.mkldnn.is_available() \
+        and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def make_optimizer(params, cfg, device):
+    """AdamW over ``params``; the fused kernel (one pass over all tensors instead of a
+    dozen per parameter) on CPU and CUDA, where it exists."""
+    fused = device.type in ("cpu", "cuda")
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
 
 
 def sampling_weights(items, min_share):
@@ -313,7 +335,8 @@ def train(cfg, resume=False, progress=None, items=None):
         # the run's recipe, with this call's length and machine settings
         cfg = TrainConfig(**{**json.loads(config_file.read_text()), "steps": cfg.steps,
                              "threads": cfg.threads, "device": cfg.device,
-                             "workers": cfg.workers, "max_minutes": cfg.max_minutes})
+                             "workers": cfg.workers, "max_minutes": cfg.max_minutes,
+                             "precision": cfg.precision})
     elif run.checkpoint.is_file():
         raise FileExistsError(f"{run.dir} holds a run already: use --resume, or another --out")
     config_file.write_text(json.dumps(asdict(cfg), indent=1))
@@ -330,9 +353,9 @@ def train(cfg, resume=False, progress=None, items=None):
 
         init_model, _ = load_network(cfg.init)
         model.load_state_dict(init_model.state_dict())
-    model.to(device)
+    model.to(device, memory_format=torch.channels_last)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = make_optimizer(params, cfg, device)
     step, best = 0, -1.0
     if resume and run.checkpoint.is_file():
         state = run.load_checkpoint(device, rng)
@@ -354,7 +377,7 @@ def train(cfg, resume=False, progress=None, items=None):
     batches = crop_batches(cfg, train_items, weights, synthetic_items, spec, rng, step)
     t_start = t_last = time.time()
     window = []
-    use_amp = device.type == "cuda"  # bf16 autocast: no loss scaling needed
+    use_amp = use_bf16(cfg.precision, device)  # bf16 autocast: no loss scaling needed
     while step < cfg.steps:
         model.train()
         lr = learning_rate(cfg, step)
