@@ -316,6 +316,14 @@ def _workers(res):
     return out
 
 
+def _train_speed(speed, learning):
+    from bench.train_throughput import render
+
+    if speed:
+        speed = dict(speed, machine_line=_meta_line(speed))
+    return render(speed, learning)
+
+
 def render(results, references, current_weights=None):
     """BENCHMARKS.md text from the sections' results; ``current_weights``: the shipped
     model's fingerprint (bench.run_benchmarks.model_fingerprint), to flag out-of-date
@@ -395,6 +403,7 @@ def render(results, references, current_weights=None):
                        f"{r['segment_s']:.2f} | {r['identifyprimaryobjects_s']:.2f} |")
         out.append("")
     out += _workers(results.get("workers"))
+    out += _train_speed(results.get("train_speed"), results.get("train_learning"))
     mem = results.get("memory")
     if mem:
         out += ["## Peak memory", "", _meta_line(mem), "",

@@ -28,6 +28,8 @@ rebuilt from all stored results, so sections can be re-measured one at a time. N
 - errors: where the val DSB score is lost: the shipped model's labels (automatic size) with
   each kind of error fixed alone by an oracle that knows the true labels (merges, splits,
   extra, missed nuclei, contours: bench/error_budget.py).
+- train_speed, train_learning: crops per second of training the main network before and
+  after the training speed-ups, and their loss curves (bench/train_throughput.py).
 - figures: docs/example_overlay.png, docs/f1_curve.png and docs/refinement_f1.png
   (bench/figures.py).
 """
@@ -467,10 +469,28 @@ def section_figures(model):
                       "docs/refinement_f1.png"]}
 
 
+def section_train_speed(model):
+    from bench.train_throughput import section_train_speed as measure
+
+    return measure(DATA / "train")
+
+
+def section_train_learning(model):
+    from bench.train_throughput import curve_differences, learning_runs, plot_learning
+
+    out_dir = ROOT / "bench" / "runs" / "train_learning"  # git-ignored
+    curves = learning_runs(DATA / "train", out_dir)
+    plot_learning(curves, ROOT / "docs" / "train_learning.png")
+    return {"steps": max(s for c in curves["before"].values() for s, _ in c),
+            "seeds": sorted(curves["before"]), "curves": curves,
+            "differences": curve_differences(curves)}
+
+
 SECTIONS = {"accuracy": section_accuracy, "size": section_size, "speed": section_speed,
             "memory": section_memory, "tuning": section_tuning, "ablation": section_ablation,
             "workers": section_workers, "adapt_speed": section_adapt_speed,
-            "errors": section_errors, "figures": section_figures}
+            "errors": section_errors, "figures": section_figures,
+            "train_speed": section_train_speed, "train_learning": section_train_learning}
 
 
 def load_results():
@@ -478,7 +498,8 @@ def load_results():
 
 
 # what each section's numbers depend on (default: every network and the post-processing values)
-SECTION_PARTS = {"size": ("preseg",), "tuning": ("main", "preseg", "unet")}
+SECTION_PARTS = {"size": ("preseg",), "tuning": ("main", "preseg", "unet"),
+                 "train_speed": (), "train_learning": ()}
 MODEL_PARTS = ("main", "preseg", "unet", "postprocess")
 
 
