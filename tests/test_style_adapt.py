@@ -2,8 +2,11 @@
 chain on the bundled example images with tiny schedules (a few pix2pix and fine-tune steps,
 small networks for the style models), resuming after an interruption, GTstyle annotations,
 the user errors, and the shipped replay set."""
+import hashlib
 import json
+import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -161,6 +164,72 @@ def test_progress_and_log(adapted):
     log = [json.loads(line) for line in (out / "adapt_log.jsonl").read_text().splitlines()]
     assert [r["stage"] for r in log] == list(STAGES)
     assert all(r["status"] == "done" and r["seconds"] >= 0 for r in log)
+
+
+# ----------------------------------------------------------------------------- pinned outputs
+
+PIN_FILE = Path(__file__).with_name("style_adapt_pin.json")
+
+
+def fingerprint(out):
+    """What a tiny adaptation made, without timings and paths: every label image (masks,
+    synthetic masks) by its digest; the synthetic images and the networks by statistics
+    (float rounding may differ on another CPU); the stage records and model.json's
+    adaptation block as written."""
+    def scrub(value):
+        if isinstance(value, dict):
+            return {k: scrub(v) for k, v in value.items()
+                    if k not in ("seconds", "sec_per_step", "nucleaizer_version")}
+        if isinstance(value, list):
+            return [scrub(v) for v in value]
+        if isinstance(value, str) and value.startswith("/"):
+            return "<path>"
+        return value
+
+    def digest(a):
+        a = np.ascontiguousarray(a)
+        return hashlib.sha1(f"{a.shape}{a.dtype.str}".encode() + a.tobytes()).hexdigest()
+
+    work = out / "work"
+    fp = {"model": scrub(read_info(out)["adaptation"]),
+          "records": {p.stem: scrub(json.loads(p.read_text())) for p in sorted(work.glob("*.json"))
+                      if p.stem != "job"},
+          "masks": {p.stem: digest(read_labels(p)) for p in sorted((work / "masks").glob("*.tif"))},
+          "synthetic_labels": {p.stem: digest(read_labels(p)) for p in
+                               sorted((work / "synthetic" / "labels").glob("*.tif"))},
+          "synthetic_images": {p.stem: [float(read_image(p).mean()), float(read_image(p).std())]
+                               for p in sorted((work / "synthetic" / "images").glob("*.png"))}}
+    for name in (MAIN_FILE, UNET_FILE):
+        t = [v.double() for v in tensors(out / name).values() if v.is_floating_point()]
+        fp[name] = [float(sum(v.sum() for v in t)), float(sum((v * v).sum() for v in t))]
+    return json.loads(json.dumps(fp))
+
+
+def assert_close(got, want, where="fingerprint"):
+    """Equal, floats to a relative 1e-4."""
+    if isinstance(want, dict):
+        assert isinstance(got, dict) and sorted(got) == sorted(want), where
+        for k in want:
+            assert_close(got[k], want[k], f"{where}.{k}")
+    elif isinstance(want, list):
+        assert isinstance(got, list) and len(got) == len(want), where
+        for i, (g, w) in enumerate(zip(got, want)):
+            assert_close(g, w, f"{where}[{i}]")
+    elif isinstance(want, float):
+        assert got == pytest.approx(want, rel=1e-4, abs=1e-9), where
+    else:
+        assert got == want, where
+
+
+def test_outputs_are_pinned(adapted):
+    """The tiny adaptation of the example images gives the outputs recorded in
+    style_adapt_pin.json (NUCLEAIZER_WRITE_PIN=1 records them anew after an intended
+    change)."""
+    _, out, _ = adapted
+    fp = fingerprint(out)
+    if os.environ.get("NUCLEAIZER_WRITE_PIN"):
+        PIN_FILE.write_text(json.dumps(fp, indent=1, sort_keys=True) + "\n")
+    assert_close(fp, json.loads(PIN_FILE.read_text()))
 
 
 # ----------------------------------------------------------------------------- resume
