@@ -18,6 +18,8 @@ from nucleaizer_backend.errors import InputImageError, ModelFileError, Nucleaize
 from nucleaizer_backend.imageio_utils import read_image
 from nucleaizer_backend.models.io import (DEFAULT_MODEL_DIR, INFO_FILE, MAIN_FILE, PRESEG_FILE,
                                          UNET_FILE)
+from nucleaizer_backend.style import (AdaptationInfo, ProgressLog, holds_other_files,
+                                      read_adaptation_info)
 from nucleaizer_backend.style.adapt import STAGES, default_replay_dir, read_replay_index
 from nucleaizer_backend.train.data import load_dataset, read_labels
 
@@ -164,6 +166,40 @@ def test_progress_and_log(adapted):
     log = [json.loads(line) for line in (out / "adapt_log.jsonl").read_text().splitlines()]
     assert [r["stage"] for r in log] == list(STAGES)
     assert all(r["status"] == "done" and r["seconds"] >= 0 for r in log)
+
+
+def test_adaptation_info_of_a_model_folder(adapted, tmp_path):
+    """read_adaptation_info: what the plugins show and record of an adapted model folder;
+    None for a folder that holds no adaptation."""
+    result, out, _ = adapted
+    info = read_adaptation_info(out)
+    assert info == AdaptationInfo(
+        model_dir=out, base_model="nucleaizer-default", images=5, annotated_images=0, styles=2,
+        style_models=2, skipped_images=0, synthetic_pairs=4, finetune_steps=2,
+        seconds=pytest.approx(sum(result.seconds.values())), rounds=1,
+        style_sheet=out / "style_sheet.png")
+    assert read_adaptation_info(DEFAULT_MODEL_DIR) is None  # not adapted
+    assert read_adaptation_info(tmp_path / "nowhere") is None
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / INFO_FILE).write_text("{")
+    assert read_adaptation_info(tmp_path / "bad") is None
+    # whether an adaptation would refuse the folder
+    assert not holds_other_files(out) and holds_other_files(out, iterations=2)
+    assert not holds_other_files(tmp_path / "nowhere") and holds_other_files(tmp_path / "bad")
+
+
+def test_progress_log_lines():
+    lines = []
+    log = ProgressLog(lines.append, every=3600)
+    log("masks", 1, 1, {"resumed": True})
+    for step in range(1, 4):
+        log("styles", step, 3, {"style": 1})
+    log("finetune", 1, 2, {"loss": 0.5})
+    log("masks", 2, 2, {"round": 2, "rounds": 2})
+    assert lines == ["nucleus masks: finished in an earlier run",
+                     "style models (pix2pix) 1/3, style 1", "style models (pix2pix) 3/3, style 1",
+                     "fine-tuning the main network 1/2, loss 0.500",
+                     "round 2 of 2: nucleus masks 2/2"]
 
 
 # ----------------------------------------------------------------------------- pinned outputs
@@ -392,6 +428,7 @@ def test_masks_from_the_model_and_two_iterations(tmp_path, example_images_dir):
     assert [r["round"] for r in info["adaptation"]["iterations"]] == [1, 2]
     assert info["adaptation"]["original_base_model"]["name"] == "nucleaizer-default"
     assert {c[3].get("round") for c in rec.calls} == {1, 2}
+    assert read_adaptation_info(out).rounds == 2 and not holds_other_files(out, iterations=2)
     load_model(out, "cpu")
     # a finished run resumes without work, and the round count is part of the job
     again = adapt(files, out, config=tiny(iterations=2))

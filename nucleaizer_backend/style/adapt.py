@@ -47,8 +47,8 @@ from pathlib import Path
 from .config import PRESETS, STAGES, AdaptConfig, Settings  # noqa: F401 (re-exported)
 from .inputs import (default_replay_dir, find_base_model, read_annotations,  # noqa: F401
                      read_replay_index, read_targets, replay_folder)
-from .jobs import (JOB_FILE, ROUNDS_FILE, WORK_DIR, WorkFolder, check_out, check_rounds_out, job_record,
-                   run_stages, write_json)
+from .jobs import (JOB_FILE, ROUNDS_FILE, WORK_DIR, WorkFolder, check_out, check_rounds_out,
+                   job_record, run_stages, write_json)
 from .result import AdaptResult, round_result
 from .sheet import style_sheet  # noqa: F401 (re-exported)
 from .stages import Context, job_stages
