@@ -18,6 +18,7 @@ from nucleaizer_backend.errors import InputImageError, ModelFileError, Nucleaize
 from nucleaizer_backend.imageio_utils import read_image
 from nucleaizer_backend.models.io import (DEFAULT_MODEL_DIR, INFO_FILE, MAIN_FILE, PRESEG_FILE,
                                          UNET_FILE)
+from nucleaizer_backend.overlay import outline_mask
 from nucleaizer_backend.style import (AdaptationInfo, ProgressLog, holds_other_files,
                                       read_adaptation_info)
 from nucleaizer_backend.style.adapt import STAGES, default_replay_dir, read_replay_index
@@ -152,6 +153,20 @@ def test_style_sheet_shows_every_style(adapted):
     sheet = read_image(out / "style_sheet.png")
     assert sheet.ndim == 3 and sheet.shape[0] > 200 and sheet.shape[1] > 600
     assert sheet[..., :3].std() > 20  # images, not a blank page
+
+
+def test_sheet_outlines_are_two_px_wide():
+    """overlay.outline_mask: width 1 is each object's inner boundary; width 2 (the style
+    sheet's outlines) adds the pixels just outside it."""
+    labels = np.zeros((9, 9), np.int32)
+    labels[2:7, 2:7] = 1
+    inner = outline_mask(labels)
+    assert inner.sum() == 16 and not inner[3:6, 3:6].any() and not inner[labels == 0].any()
+    outer = np.zeros((9, 9), bool)
+    outer[1, 2:7] = outer[7, 2:7] = outer[2:7, 1] = outer[2:7, 7] = True
+    assert np.array_equal(outline_mask(labels, width=2), inner | outer)
+    with pytest.raises(ValueError, match="width"):
+        outline_mask(labels, width=3)
 
 
 def test_progress_and_log(adapted):
