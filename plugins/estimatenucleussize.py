@@ -329,15 +329,7 @@ worker process (all nucleAIzer modules in it)."""
     def validate_module(self, pipeline):
         self.validate_backend()
         self.validate_model()
-        for module in pipeline.modules():
-            if module is self or module.module_num >= self.module_num:
-                break
-            if module.module_name == self.module_name:
-                raise ValidationError(
-                    "Only one %s module per pipeline: its NucleusSize measurements would "
-                    "overwrite those of module #%d" % (self.module_name, module.module_num),
-                    self.image_name,
-                )
+        self.validate_only_one(pipeline, C_NUCLEUS_SIZE, self.image_name)
 
     def validate_module_warnings(self, pipeline):
         if self.scope == SCOPE_GROUP and not pipeline.is_image_from_file(self.image_name.value):
