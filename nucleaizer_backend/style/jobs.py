@@ -147,12 +147,16 @@ def holds_other_files(folder, iterations=1):
     return not (folder / WORK_DIR / (JOB_FILE if iterations == 1 else ROUNDS_FILE)).is_file()
 
 
-def _never(*args):
+def _no_summary(record):
+    return {}
+
+
+def _not_again(ran):
     return False
 
 
-def _no_summary(record):
-    return {}
+def _nothing_after(seconds):
+    return None
 
 
 @dataclass(frozen=True)
@@ -160,13 +164,14 @@ class Stage:
     """One stage of a job. run(): does its work, returns its record (a JSON-able dict);
     summary(record): what the log line says of it; redo(ran): whether a finished stage must
     run again (``ran``: an earlier stage ran in this call); after(seconds): called once it
-    has run and its record is written, with every stage's seconds so far."""
+    has run, with every stage's seconds so far, before its record is written (so that a
+    failure in between leaves the stage to run again)."""
 
     name: str
     run: Callable[[], dict]
     summary: Callable[[dict], dict] = _no_summary
-    redo: Callable[[bool], bool] = _never
-    after: Callable[[dict], None] = _never
+    redo: Callable[[bool], bool] = _not_again
+    after: Callable[[dict], None] = _nothing_after
 
 
 def run_stages(work, stages, report, seconds=None):
