@@ -7,12 +7,16 @@ from .preprocess import stretch_intensities
 OUTLINE_COLOUR = (0, 255, 0)
 
 
-def outline_mask(labels):
-    """(H, W) bool: the pixels of each object of ``labels`` (H, W) that touch another label
-    or the background (the inner boundary, 1 px wide; scikit-image's ``find_boundaries``)."""
+def outline_mask(labels, width=1):
+    """(H, W) bool: the outlines of the objects of ``labels`` (H, W) (scikit-image's
+    ``find_boundaries``). width 1: the pixels of each object that touch another label or the
+    background (the inner boundary); width 2: those and the pixels just outside them (the
+    inner and the outer boundary, visible on a reduced picture)."""
     from skimage.segmentation import find_boundaries
 
-    return find_boundaries(np.asarray(labels), mode="inner")
+    if width not in (1, 2):
+        raise ValueError(f"outline width must be 1 or 2 px (got {width!r})")
+    return find_boundaries(np.asarray(labels), mode="inner" if width == 1 else "thick")
 
 
 def overlay_outlines(image, labels, colour=OUTLINE_COLOUR):

@@ -1,6 +1,8 @@
 """Parts shared by the nucleAIzer CellProfiler modules: the model and GPU settings, the
 backend import, and the behaviour that goes with them (including how a worker process shares
-the machine with the others).
+the machine with the others); collecting the images of a group before its first cycle; and
+how the modules of a pipeline find each other: by their roles (a module that writes a model
+before the group, a module that segments with a model), not by their names.
 
 Not a module itself: CellProfiler loads the plugin files whose names do not start with "_",
 with the plugins folder on the import path, so the modules import this file. Copy it along
@@ -137,11 +139,148 @@ def share_cpu_with_other_workers():
     return threads
 
 
+def module_after_providers(pipeline, module, subscribers):
+    """The module just after the last one that provides the images or objects named by
+    ``subscribers`` (subscriber settings of ``module``): where collecting a group stops.
+    ``module`` itself when none of them is provided upstream."""
+    modules = list(pipeline.modules())
+    last = -1
+    for setting in subscribers:
+        providers = pipeline.get_provider_dictionary(setting.group, module)
+        if setting.value in providers:
+            last = max(last, modules.index(providers[setting.value][-1][0]))
+    return module if last < 0 else modules[last + 1]
+
+
+def collect_group(module, workspace, grouping, image_numbers, stop, message, collect):
+    """Run the pipeline's modules before ``stop`` for every image set of the group (as
+    CorrectIlluminationCalculate does in *All: First cycle* mode) and return
+    ``[collect(w, image_number)]``, ``w`` being the workspace of that image set (its
+    image_set, object_set and measurements). Each image set's images are let go after
+    ``collect``; ``message`` is shown while the group is loaded."""
+    pipeline = workspace.pipeline
+    results = []
+    # The measurements object is also the image set. Between groups it still holds the
+    # image providers and cached images of the previous group's last cycle, which would
+    # be returned instead of this group's images: set them aside while we work.
+    m = workspace.measurements
+    saved_providers = list(m.providers)
+    del m.providers[:]
+    m.clear_cache()
+    try:
+        for w in pipeline.run_group_with_yield(
+            workspace,
+            grouping,
+            image_numbers,
+            stop,
+            "#%d: %s" % (module.module_num, module.module_name),
+            message,
+        ):
+            results.append(collect(w, int(w.measurements.image_set_number)))
+            w.image_set.clear_cache()
+            del w.image_set.providers[:]
+    finally:
+        m.clear_cache()
+        del m.providers[:]
+        m.providers.extend(saved_providers)
+    return results
+
+
+def image_set_name(measurements, image_name, number):
+    """A readable name for image set ``number``: the file name (without extension) of its
+    image ``image_name`` (else of its first image from a file), else image_NNNN."""
+    from cellprofiler_core.constants.measurement import IMAGE
+
+    m = measurements
+    feature = "FileName_%s" % image_name
+    if not m.has_feature(IMAGE, feature):
+        candidates = sorted(f for f in m.get_feature_names(IMAGE) if f.startswith("FileName_"))
+        feature = candidates[0] if candidates else None
+    if feature is not None:
+        try:
+            value = m[IMAGE, feature, number]
+        except (KeyError, IndexError, ValueError):
+            value = None
+        if value:
+            return os.path.splitext(os.path.basename(str(value)))[0]
+    return "image_%04d" % number
+
+
+def last_cycle_of_group(measurements):
+    """True in the group's last cycle (by CellProfiler's group index and length)."""
+    from cellprofiler_core.constants.measurement import GROUP_INDEX, GROUP_LENGTH, IMAGE
+
+    m = measurements
+    if not (m.has_feature(IMAGE, GROUP_INDEX) and m.has_feature(IMAGE, GROUP_LENGTH)):
+        return False
+    try:
+        index = int(m.get_current_image_measurement(GROUP_INDEX))
+        length = int(m.get_current_image_measurement(GROUP_LENGTH))
+    except (KeyError, TypeError, ValueError):
+        return False
+    return index >= length
+
+
+def modules_rerun(pipeline, module, stop):
+    """The processing modules (enabled, not input modules) that collecting a group up to
+    ``stop`` runs once more for every image of the group."""
+    modules = list(pipeline.modules())
+    return [
+        m
+        for m in modules[: modules.index(stop)]
+        if m is not module and not m.is_input_module() and m.enabled
+    ]
+
+
+def images_grouped(pipeline):
+    """True when the pipeline's Groups module groups the images."""
+    for module in pipeline.modules():
+        if module.module_name == "Groups" and getattr(module, "wants_groups", False):
+            if module.wants_groups.value:
+                return True
+    return False
+
+
+def model_written_upstream(pipeline, module, path):
+    """True when a module above ``module`` writes the model folder ``path`` before the
+    group's first cycle (so that the folder need not exist when the pipeline is checked)."""
+    for other in pipeline.modules():
+        if other.module_num >= module.module_num:
+            break
+        written = getattr(other, "model_written_before_group", None)
+        folder = written() if written else None
+        if folder and same_path(folder, path):
+            return True
+    return False
+
+
+def segmenters_using(pipeline, module, folder):
+    """The modules below ``module`` that segment with the custom model ``folder``."""
+    found = []
+    for other in pipeline.modules():
+        if other.module_num <= module.module_num:
+            continue
+        if not getattr(other, "segments_with_model", False):
+            continue
+        path = other.model_path()
+        if path and same_path(path, folder):
+            found.append(other)
+    return found
+
+
 class NucleaizerModule:
     """Behaviour shared by the nucleAIzer modules (listed first among the bases, so that it
     overrides Module's defaults). Expects the settings ``model_choice``, ``model_directory``,
     ``model_name`` (from :func:`model_settings`) and ``use_gpu``; ``gpu_memory_share``
     where the module offers it."""
+
+    # True for a module that segments with its model (a model adapted upstream is for it).
+    segments_with_model = False
+
+    def model_written_before_group(self):
+        """The folder of the model this module writes before the group's first cycle, for
+        the modules below it in the same run; None (the default) when it writes none."""
+        return None
 
     def model_path(self):
         """The custom model's absolute path (folder or network file), or None for the
@@ -199,6 +338,26 @@ class NucleaizerModule:
 
         set_memory_fraction(share, "cuda")
         _gpu_share_set = share
+
+    def skip_in_test_mode(self, workspace, message):
+        """True (after logging ``message`` as a warning) in CellProfiler's test mode."""
+        if workspace.pipeline.test_mode:
+            LOGGER.warning("%s: %s", self.module_name, message)
+            return True
+        return False
+
+    def validate_only_one(self, pipeline, category, setting):
+        """ValidationError (on ``setting``) when a module of this kind is above this one: the
+        two would write the same ``category`` measurements."""
+        for module in pipeline.modules():
+            if module is self or module.module_num >= self.module_num:
+                break
+            if module.module_name == self.module_name:
+                raise ValidationError(
+                    "Only one %s module per pipeline: its %s measurements would overwrite "
+                    "those of module #%d" % (self.module_name, category, module.module_num),
+                    setting,
+                )
 
     def refuse_newer_revision(self, variable_revision_number):
         """ValueError for settings saved by a newer version of the module than this one."""

@@ -38,8 +38,10 @@ from _nucleaizer_common import (
     NUCLEAIZER_DOI,
     NucleaizerModule,
     backend as _backend,
+    collect_group,
     gpu_memory_share_setting,
     model_settings,
+    module_after_providers,
     use_gpu_setting,
 )
 
@@ -327,15 +329,7 @@ worker process (all nucleAIzer modules in it)."""
     def validate_module(self, pipeline):
         self.validate_backend()
         self.validate_model()
-        for module in pipeline.modules():
-            if module is self or module.module_num >= self.module_num:
-                break
-            if module.module_name == self.module_name:
-                raise ValidationError(
-                    "Only one %s module per pipeline: its NucleusSize measurements would "
-                    "overwrite those of module #%d" % (self.module_name, module.module_num),
-                    self.image_name,
-                )
+        self.validate_only_one(pipeline, C_NUCLEUS_SIZE, self.image_name)
 
     def validate_module_warnings(self, pipeline):
         if self.scope == SCOPE_GROUP and not pipeline.is_image_from_file(self.image_name.value):
@@ -374,12 +368,7 @@ worker process (all nucleAIzer modules in it)."""
 
     def _stop_module(self, pipeline):
         """The module just after the one that provides the input image."""
-        providers = pipeline.get_provider_dictionary(self.image_name.group, self)
-        if self.image_name.value not in providers:
-            return self
-        source = providers[self.image_name.value][-1][0]
-        modules = list(pipeline.modules())
-        return modules[modules.index(source) + 1]
+        return module_after_providers(pipeline, self, [self.image_name])
 
     def prepare_group(self, workspace, grouping, image_numbers):
         """In group mode, estimate every image of the group now and pool them."""
@@ -388,41 +377,22 @@ worker process (all nucleAIzer modules in it)."""
         if self.scope != SCOPE_GROUP or len(image_numbers) == 0:
             return True
         backend = _backend()
-        pipeline = workspace.pipeline
-        stop = self._stop_module(pipeline)
+        stop = self._stop_module(workspace.pipeline)
         images, estimates = {}, []
-        # The measurements object is also the image set. Between groups it still holds the
-        # image providers and cached images of the previous group's last cycle, which would
-        # be returned instead of this group's images: set them aside while we work.
-        m = workspace.measurements
-        saved_providers = list(m.providers)
-        del m.providers[:]
-        m.clear_cache()
-        try:
-            for w in pipeline.run_group_with_yield(
-                workspace,
-                grouping,
-                image_numbers,
-                stop,
-                "#%d: %s" % (self.module_num, self.module_name),
-                "%s is measuring the nuclei of %d images" % (self.module_name, len(image_numbers)),
-            ):
-                number = int(w.measurements.image_set_number)
-                image = w.image_set.get_image(self.image_name.value, cache=False)
-                try:
-                    estimate = self._estimate(image, number)
-                except backend.NucleaizerError as e:
-                    LOGGER.warning("%s", e)
-                    images[str(number)] = {"error": str(e)}
-                else:
-                    images[str(number)] = _estimate_to_dict(estimate)
-                    estimates.append(estimate)
-                w.image_set.clear_cache()
-                del w.image_set.providers[:]
-        finally:
-            m.clear_cache()
-            del m.providers[:]
-            m.providers.extend(saved_providers)
+
+        def measure(w, number):
+            image = w.image_set.get_image(self.image_name.value, cache=False)
+            try:
+                estimate = self._estimate(image, number)
+            except backend.NucleaizerError as e:
+                LOGGER.warning("%s", e)
+                images[str(number)] = {"error": str(e)}
+            else:
+                images[str(number)] = _estimate_to_dict(estimate)
+                estimates.append(estimate)
+
+        message = "%s is measuring the nuclei of %d images" % (self.module_name, len(image_numbers))
+        collect_group(self, workspace, grouping, image_numbers, stop, message, measure)
         pooled = backend.SizeEstimate.pooled(estimates)
         d[D_GROUP] = [int(n) for n in image_numbers]
         d[D_IMAGES] = images

@@ -27,9 +27,9 @@ from _nucleaizer_common import (
     NUCLEAIZER_DOI,
     NucleaizerModule,
     backend as _backend,
-    same_path,
     gpu_memory_share_setting,
     model_settings,
+    model_written_upstream,
     use_gpu_setting,
 )
 
@@ -179,6 +179,8 @@ class SegmentNucleiStyleAdapted(NucleaizerModule, ImageSegmentation):
     module_name = "SegmentNucleiStyleAdapted"
 
     variable_revision_number = 2
+
+    segments_with_model = True  # a model adapted upstream (TrainStyleAdaptation) is for it
 
     doi = {
         "Please cite nucleAIzer when using SegmentNucleiStyleAdapted:": NUCLEAIZER_DOI,
@@ -555,21 +557,10 @@ Name of the nucleus probability image, for use by downstream modules.""",
             )
 
     def _model_adapted_upstream(self, pipeline):
-        """True when an upstream TrainStyleAdaptation adapts before the group's first cycle
-        into this module's custom model folder (which need not exist before the run)."""
+        """True when an upstream module (TrainStyleAdaptation) writes this module's custom
+        model folder before the group's first cycle (so it need not exist before the run)."""
         path = self.model_path()
-        if path is None:
-            return False
-        for module in pipeline.modules():
-            if module.module_num >= self.module_num:
-                break
-            if (
-                module.module_name == "TrainStyleAdaptation"
-                and module.adapts_first()
-                and same_path(module.model_folder(), path)
-            ):
-                return True
-        return False
+        return path is not None and model_written_upstream(pipeline, self, path)
 
     # ------------------------------------------------------------------ run
 

@@ -806,6 +806,14 @@ def test_validation_warnings(cpm, tmp_path):
     (tmp_path / "busy" / "notes.txt").write_text("mine")
     with pytest.raises(cpm.ValidationError, match="holds other files"):
         alone.validate_module_warnings(pipeline_of(cpm, alone))
+    # a folder that holds an adaptation in two rounds, continued with two rounds
+    (tmp_path / "rounds" / "work").mkdir(parents=True)
+    (tmp_path / "rounds" / "work" / "rounds.json").write_text('{"iterations": 2}')
+    two = train_module(cpm, output_directory=folder, output_name="rounds", advanced=True, rounds=2)
+    two.validate_module_warnings(pipeline_of(cpm, two))
+    two.rounds.value = 1
+    with pytest.raises(cpm.ValidationError, match="holds other files"):
+        two.validate_module_warnings(pipeline_of(cpm, two))
 
 
 def test_segmentation_accepts_the_folder_adapted_before_segmenting(cpm, tmp_path):

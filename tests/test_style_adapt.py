@@ -2,8 +2,11 @@
 chain on the bundled example images with tiny schedules (a few pix2pix and fine-tune steps,
 small networks for the style models), resuming after an interruption, GTstyle annotations,
 the user errors, and the shipped replay set."""
+import hashlib
 import json
+import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +18,9 @@ from nucleaizer_backend.errors import InputImageError, ModelFileError, Nucleaize
 from nucleaizer_backend.imageio_utils import read_image
 from nucleaizer_backend.models.io import (DEFAULT_MODEL_DIR, INFO_FILE, MAIN_FILE, PRESEG_FILE,
                                          UNET_FILE)
+from nucleaizer_backend.overlay import outline_mask
+from nucleaizer_backend.style import (AdaptationInfo, ProgressLog, holds_other_files,
+                                      read_adaptation_info)
 from nucleaizer_backend.style.adapt import STAGES, default_replay_dir, read_replay_index
 from nucleaizer_backend.train.data import load_dataset, read_labels
 
@@ -149,6 +155,20 @@ def test_style_sheet_shows_every_style(adapted):
     assert sheet[..., :3].std() > 20  # images, not a blank page
 
 
+def test_sheet_outlines_are_two_px_wide():
+    """overlay.outline_mask: width 1 is each object's inner boundary; width 2 (the style
+    sheet's outlines) adds the pixels just outside it."""
+    labels = np.zeros((9, 9), np.int32)
+    labels[2:7, 2:7] = 1
+    inner = outline_mask(labels)
+    assert inner.sum() == 16 and not inner[3:6, 3:6].any() and not inner[labels == 0].any()
+    outer = np.zeros((9, 9), bool)
+    outer[1, 2:7] = outer[7, 2:7] = outer[2:7, 1] = outer[2:7, 7] = True
+    assert np.array_equal(outline_mask(labels, width=2), inner | outer)
+    with pytest.raises(ValueError, match="width"):
+        outline_mask(labels, width=3)
+
+
 def test_progress_and_log(adapted):
     _, out, rec = adapted
     assert rec.stages() == list(STAGES)
@@ -161,6 +181,106 @@ def test_progress_and_log(adapted):
     log = [json.loads(line) for line in (out / "adapt_log.jsonl").read_text().splitlines()]
     assert [r["stage"] for r in log] == list(STAGES)
     assert all(r["status"] == "done" and r["seconds"] >= 0 for r in log)
+
+
+def test_adaptation_info_of_a_model_folder(adapted, tmp_path):
+    """read_adaptation_info: what the plugins show and record of an adapted model folder;
+    None for a folder that holds no adaptation."""
+    result, out, _ = adapted
+    info = read_adaptation_info(out)
+    assert info == AdaptationInfo(
+        model_dir=out, base_model="nucleaizer-default", images=5, annotated_images=0, styles=2,
+        style_models=2, skipped_images=0, synthetic_pairs=4, finetune_steps=2,
+        seconds=pytest.approx(sum(result.seconds.values())), rounds=1,
+        style_sheet=out / "style_sheet.png")
+    assert read_adaptation_info(DEFAULT_MODEL_DIR) is None  # not adapted
+    assert read_adaptation_info(tmp_path / "nowhere") is None
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / INFO_FILE).write_text("{")
+    assert read_adaptation_info(tmp_path / "bad") is None
+    # whether an adaptation would refuse the folder
+    assert not holds_other_files(out) and holds_other_files(out, iterations=2)
+    assert not holds_other_files(tmp_path / "nowhere") and holds_other_files(tmp_path / "bad")
+
+
+def test_progress_log_lines():
+    lines = []
+    log = ProgressLog(lines.append, every=3600)
+    log("masks", 1, 1, {"resumed": True})
+    for step in range(1, 4):
+        log("styles", step, 3, {"style": 1})
+    log("finetune", 1, 2, {"loss": 0.5})
+    log("masks", 2, 2, {"round": 2, "rounds": 2})
+    assert lines == ["nucleus masks: finished in an earlier run",
+                     "style models (pix2pix) 1/3, style 1", "style models (pix2pix) 3/3, style 1",
+                     "fine-tuning the main network 1/2, loss 0.500",
+                     "round 2 of 2: nucleus masks 2/2"]
+
+
+# ----------------------------------------------------------------------------- pinned outputs
+
+PIN_FILE = Path(__file__).with_name("style_adapt_pin.json")
+
+
+def fingerprint(out):
+    """What a tiny adaptation made, without timings and paths: every label image (masks,
+    synthetic masks) by its digest; the synthetic images and the networks by statistics
+    (float rounding may differ on another CPU); the stage records and model.json's
+    adaptation block as written."""
+    def scrub(value):
+        if isinstance(value, dict):
+            return {k: scrub(v) for k, v in value.items()
+                    if k not in ("seconds", "sec_per_step", "nucleaizer_version")}
+        if isinstance(value, list):
+            return [scrub(v) for v in value]
+        if isinstance(value, str) and value.startswith("/"):
+            return "<path>"
+        return value
+
+    def digest(a):
+        a = np.ascontiguousarray(a)
+        return hashlib.sha1(f"{a.shape}{a.dtype.str}".encode() + a.tobytes()).hexdigest()
+
+    work = out / "work"
+    fp = {"model": scrub(read_info(out)["adaptation"]),
+          "records": {p.stem: scrub(json.loads(p.read_text())) for p in sorted(work.glob("*.json"))
+                      if p.stem != "job"},
+          "masks": {p.stem: digest(read_labels(p)) for p in sorted((work / "masks").glob("*.tif"))},
+          "synthetic_labels": {p.stem: digest(read_labels(p)) for p in
+                               sorted((work / "synthetic" / "labels").glob("*.tif"))},
+          "synthetic_images": {p.stem: [float(read_image(p).mean()), float(read_image(p).std())]
+                               for p in sorted((work / "synthetic" / "images").glob("*.png"))}}
+    for name in (MAIN_FILE, UNET_FILE):
+        t = [v.double() for v in tensors(out / name).values() if v.is_floating_point()]
+        fp[name] = [float(sum(v.sum() for v in t)), float(sum((v * v).sum() for v in t))]
+    return json.loads(json.dumps(fp))
+
+
+def assert_close(got, want, where="fingerprint"):
+    """Equal, floats to a relative 1e-4."""
+    if isinstance(want, dict):
+        assert isinstance(got, dict) and sorted(got) == sorted(want), where
+        for k in want:
+            assert_close(got[k], want[k], f"{where}.{k}")
+    elif isinstance(want, list):
+        assert isinstance(got, list) and len(got) == len(want), where
+        for i, (g, w) in enumerate(zip(got, want)):
+            assert_close(g, w, f"{where}[{i}]")
+    elif isinstance(want, float):
+        assert got == pytest.approx(want, rel=1e-4, abs=1e-9), where
+    else:
+        assert got == want, where
+
+
+def test_outputs_are_pinned(adapted):
+    """The tiny adaptation of the example images gives the outputs recorded in
+    style_adapt_pin.json (NUCLEAIZER_WRITE_PIN=1 records them anew after an intended
+    change)."""
+    _, out, _ = adapted
+    fp = fingerprint(out)
+    if os.environ.get("NUCLEAIZER_WRITE_PIN"):
+        PIN_FILE.write_text(json.dumps(fp, indent=1, sort_keys=True) + "\n")
+    assert_close(fp, json.loads(PIN_FILE.read_text()))
 
 
 # ----------------------------------------------------------------------------- resume
@@ -323,6 +443,7 @@ def test_masks_from_the_model_and_two_iterations(tmp_path, example_images_dir):
     assert [r["round"] for r in info["adaptation"]["iterations"]] == [1, 2]
     assert info["adaptation"]["original_base_model"]["name"] == "nucleaizer-default"
     assert {c[3].get("round") for c in rec.calls} == {1, 2}
+    assert read_adaptation_info(out).rounds == 2 and not holds_other_files(out, iterations=2)
     load_model(out, "cpu")
     # a finished run resumes without work, and the round count is part of the job
     again = adapt(files, out, config=tiny(iterations=2))
