@@ -64,7 +64,7 @@ SETTING_STAGE = {
     "replay_styles": "finetune", "min_colour_share": "finetune",
     "unet_steps": "finetune_unet", "seed": "cluster",
 }
-NOT_IDENTITY = ("threads", "device")  # settings that may differ between runs of one job
+NOT_IDENTITY = ("threads", "device", "precision")  # may differ between runs of one job
 
 # Settings at least 1 (checked in this order).
 _AT_LEAST_ONE = ("min_cluster_size", "max_clusters", "synthetic_per_cluster", "finetune_steps",
@@ -108,7 +108,8 @@ class AdaptConfig:
     model (masks_from "model") and fine-tunes that model further, so styles that the base
     model could not segment well enough in round 1 can be learned in a later round;
     seed: all random choices; threads: torch CPU threads (None: torch's default); device: where
-    every stage runs ("auto": CUDA when present, "cpu", "cuda").
+    every stage runs ("auto": CUDA when present, "cpu", "cuda"); precision: the fine-tunes'
+    arithmetic (train.loop: "auto" = bf16 where the hardware has it, "bf16", "fp32").
     """
 
     base_model: str = None
@@ -141,6 +142,7 @@ class AdaptConfig:
     seed: int = 0
     threads: int = None
     device: str = "auto"
+    precision: str = "auto"
 
     def resolved(self):
         """The checked :class:`Settings`, the preset's values filled in; NucleaizerError
@@ -219,6 +221,7 @@ class Settings:
     seed: int
     threads: Optional[int]
     device: str
+    precision: str
 
     def as_dict(self):
         """{setting: value} in the field order (as written to job.json and model.json)."""
