@@ -9,14 +9,14 @@ import numpy as np
 from .detect import DEFAULT_TILE, detect
 from .device import resolve_device
 from .errors import InputImageError
+from .foreground import foreground_probability
+from .geometry import choose_scale
 from .models.io import load_model
 from .preprocess import normalize_image
-from .refine import PostprocessParams, foreground_probability, refine as refine_labels
+from .refine import PostprocessParams, refine as refine_labels
 from .size import SIZE_CONFIDENCE, SizeEstimate, find_nuclei
 from .tta import segment_with_tta
 
-SCALE_RANGE = (0.05, 10.0)  # working / original; outside it the scale is clamped
-MAX_WORKING_PIXELS = 64e6  # bigger working images are scaled down (clamped) to this
 MIN_SIDE = 4  # px; smaller images cannot hold a nucleus: empty result
 
 
@@ -28,7 +28,7 @@ class SegmentationResult:
     scores: (N,) detection confidence of label i + 1 at index i.
     diameter: nucleus diameter (px, original image) the image was rescaled for.
     scale: working / original size factor actually used; scale_clamped: True when the
-    diameter asked for a scale outside SCALE_RANGE or the pixel limit.
+    diameter asked for a scale outside geometry.SCALE_RANGE or the pixel limit.
     size_estimate: the automatic estimate (None when a diameter was given).
     probability: (H, W) float32 nucleus probability per pixel, or None: the U-Net's when
     refinement ran with one, else the Mask R-CNN masks' (max over detections).
@@ -51,17 +51,6 @@ class SegmentationResult:
     @property
     def count(self):
         return len(self.scores)
-
-
-def choose_scale(diameter, working_diameter, shape):
-    """Scale that brings nuclei of ``diameter`` px to ``working_diameter`` px, clamped.
-
-    Returns (scale, clamped)."""
-    wanted = working_diameter / diameter
-    scale = float(np.clip(wanted, *SCALE_RANGE))
-    limit = np.sqrt(MAX_WORKING_PIXELS / float(shape[0] * shape[1]))
-    scale = min(scale, limit)
-    return scale, not np.isclose(scale, wanted)
 
 
 def _nothing_to_find(norm):

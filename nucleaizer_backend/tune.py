@@ -16,10 +16,12 @@ from .detect import detect
 from .device import resolve_device
 from .errors import NucleaizerError
 from .evaluate import score_image
+from .foreground import foreground_probability
+from .geometry import choose_scale
 from .models.io import load_model
 from .preprocess import normalize_image
-from .refine import PostprocessParams, apply_lut, foreground_probability, refine
-from .segment import _preseg_estimate, choose_scale, postprocess_params
+from .refine import PostprocessParams, apply_lut, refine
+from .segment import _preseg_estimate, postprocess_params
 from .size import SIZE_CONFIDENCE
 
 GRID = {
