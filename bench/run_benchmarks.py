@@ -321,11 +321,11 @@ def peak_rss_mb():
 MEMORY_CHILD = r"""
 import sys, time, numpy as np
 from bench.run_benchmarks import peak_rss_mb
-from nucleaizer_backend import load_model, segment_image
+from nucleaizer_backend import Model, segment_image
 from nucleaizer_backend.imageio_utils import read_image
 tile = read_image(sys.argv[1])
 img = np.tile(tile, (8, 8, 1))[:2048, :2048]
-load_model(None, "cpu")
+Model.load(None, "cpu")
 base = peak_rss_mb()
 t0 = time.perf_counter()
 r = segment_image(img, device="cpu")

@@ -1,17 +1,17 @@
 """The nucleAIzer inference path: normalise -> estimate size -> rescale to the working size
 -> Mask R-CNN (optionally with test-time augmentation) -> labels in the original geometry
--> post-processing rules and U-Net contour refinement (METHOD.md section 2)."""
+-> post-processing rules and U-Net contour refinement (METHOD.md section 2). A Model holds
+a loaded model to segment many images with."""
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 
 from .detect import DEFAULT_TILE, detect
-from .device import resolve_device
 from .errors import InputImageError
 from .foreground import foreground_probability
 from .geometry import choose_scale
-from .models.io import load_model
+from .models.io import ModelBundle, load_model
 from .preprocess import normalize_image
 from .refine import PostprocessParams, refine as refine_labels
 from .size import SIZE_CONFIDENCE, SizeEstimate, find_nuclei
@@ -53,6 +53,33 @@ class SegmentationResult:
         return len(self.scores)
 
 
+class Model(ModelBundle):
+    """A loaded model (its networks on one device) to segment many images with::
+
+        model = Model.load("adapted_model")      # or Model.load() for the shipped one
+        labels = model.segment(image).labels
+        diameter = model.estimate_size(image).median_diameter
+
+    Loading goes through the bounded cache of models.io.load_model: loading the same
+    unchanged folder again is free, and a folder whose files changed is loaded anew.
+    """
+
+    @classmethod
+    def load(cls, path=None, device="auto"):
+        """The model folder or main network file ``path`` (None = shipped default) on
+        ``device`` ("auto": CUDA when available, "cpu", "cuda", "cuda:N")."""
+        bundle = load_model(path, device)
+        return cls(**{f.name: getattr(bundle, f.name) for f in fields(bundle)})
+
+    def segment(self, image, **kwargs):
+        """segment_image(image, model=self, **kwargs): a SegmentationResult."""
+        return segment_image(image, model=self, **kwargs)
+
+    def estimate_size(self, image, **kwargs):
+        """estimate_size(image, model=self, **kwargs): a SizeEstimate."""
+        return estimate_size(image, model=self, **kwargs)
+
+
 def _nothing_to_find(norm):
     """True for a normalised image too small or too flat to hold a nucleus."""
     return min(norm.shape[:2]) < MIN_SIDE or not norm.any()
@@ -73,10 +100,11 @@ def _preseg_estimate(network, norm, device, confidence, keep_labels=False):
 def estimate_size(image, model=None, device="auto", confidence=SIZE_CONFIDENCE,
                   return_labels=False):
     """Typical nucleus size of a 2D image (any dtype, gray or colour) as a SizeEstimate;
-    with ``return_labels`` its ``labels`` hold preseg's nuclei (input geometry)."""
-    device = resolve_device(device)
+    with ``return_labels`` its ``labels`` hold preseg's nuclei (input geometry).
+    model: a Model, or a model folder / network file (None = shipped default) loaded on
+    ``device``."""
     bundle = load_model(model, device)
-    return _preseg_estimate(bundle.preseg, normalize_image(image), device, confidence,
+    return _preseg_estimate(bundle.preseg, normalize_image(image), bundle.device, confidence,
                             return_labels)
 
 
@@ -103,8 +131,9 @@ def segment_image(image, model=None, diameter=None, device="auto", confidence=No
                   use_unet=True, tta=False, postprocess=None):
     """Segment the nuclei of a 2D image; returns a SegmentationResult.
 
-    image: (H, W), (H, W, C) or (C, H, W) array, any dtype. model: model folder or network
-    file (None = shipped default). diameter: typical nucleus diameter in px (None = estimate
+    image: (H, W), (H, W, C) or (C, H, W) array, any dtype. model: a Model, or a model folder
+    or network file (None = shipped default) loaded on ``device`` ("auto": CUDA when
+    available). diameter: typical nucleus diameter in px (None = estimate
     it). confidence: minimum detection score (0-1; None = the model's, default 0.5).
     mask: optional (H, W) bool array; only objects mostly inside it are kept, clipped to it.
     refine: apply the post-processing rules (contained objects, p1, p2) and, with
@@ -113,8 +142,8 @@ def segment_image(image, model=None, diameter=None, device="auto", confidence=No
     postprocess: p1..p6 overrides (dict or PostprocessParams; see refine.PostprocessParams).
     """
     t0 = time.perf_counter()
-    device = resolve_device(device)
     bundle = load_model(model, device)
+    device = bundle.device
     params = postprocess_params(bundle, postprocess, confidence)
     norm = normalize_image(image)
     shape = norm.shape[:2]

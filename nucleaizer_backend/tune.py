@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 
 from .detect import detect
-from .device import resolve_device
 from .errors import NucleaizerError
 from .evaluate import score_image
 from .foreground import foreground_probability
@@ -116,7 +115,8 @@ def search(cached, start, rounds=2, grid=None, progress=None):
 
 def tune(pairs, model=None, device="auto", diameters=None, rounds=2, progress=None,
          grid=None):
-    """Tune the post-processing of ``model`` on ``pairs`` [(name, image, true labels)].
+    """Tune the post-processing of ``model`` (a Model, or a model folder / network file
+    loaded on ``device``) on ``pairs`` [(name, image, true labels)].
 
     diameters: optional {name: nucleus diameter px}; otherwise sizes are estimated, as when
     segmenting. grid: {parameter: values} to search (default GRID). Returns a TuneResult
@@ -124,8 +124,8 @@ def tune(pairs, model=None, device="auto", diameters=None, rounds=2, progress=No
     grid = grid or GRID
     if not pairs:
         raise NucleaizerError("no annotated images to tune on")
-    device = resolve_device(device)
     bundle = load_model(model, device)
+    device = bundle.device
     start = postprocess_params(bundle)
     low = min(min(grid.get("confidence", [start.confidence])), start.confidence)
     cached = []
