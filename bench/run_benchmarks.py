@@ -213,8 +213,8 @@ def section_speed(model):
 
 
 ABLATION = (  # (key, label, segment_image keyword arguments)
-    ("maskrcnn", "Mask R-CNN alone", {"refine": False}),
-    ("rules", "+ rules (contained objects, p1 merge, p2 area)", {"use_unet": False}),
+    ("maskrcnn", "Mask R-CNN alone", {"refine": "none"}),
+    ("rules", "+ rules (contained objects, p1 merge, p2 area)", {"refine": "rules"}),
     ("unet", "+ U-Net contour correction (p3-p5) and p6", {}),
     ("tta", "+ test-time augmentation (6 versions)", {"tta": True}),
 )
@@ -252,16 +252,13 @@ def section_ablation(model, configs=ABLATION):
 
 
 def section_tuning(model):
-    import torch
-
-    from nucleaizer_backend.models.io import load_model
+    from nucleaizer_backend import Model
     from nucleaizer_backend.refine import PostprocessParams
     from nucleaizer_backend.tune import cache_image, evaluate_params, search
 
     rows = sorted(index_rows("val"), key=lambda r: (r["style"], r["id"]))
-    bundle = load_model(model, torch.device("cpu"))
-    cached = [cache_image(bundle, r["id"], *load_pair(r), torch.device("cpu"), 0.3)
-              for r in rows]
+    loaded = Model.load(model, "cpu")
+    cached = [cache_image(loaded, r["id"], *load_pair(r), 0.3) for r in rows]
     style = {r["id"]: r["style"] for r in rows}
     folds = [[c for i, c in enumerate(cached) if i % 2 == k] for k in (0, 1)]
 

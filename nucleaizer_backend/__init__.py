@@ -11,6 +11,12 @@ Public API::
     model = Model.load("adapted_model")     # the style-adapted model, loaded once
     labels = model.segment(image).labels    # or segment(image, model="adapted_model")
 
+Network outputs and post-processing separately (to post-process one image many ways)::
+
+    from nucleaizer_backend.inference import infer, postprocess, postprocess_params
+    outputs = infer(model, image, confidence=0.3)      # NetworkOutputs
+    labels, scores = postprocess(outputs, postprocess_params(model, confidence=0.5))
+
 No CellProfiler import lives in this package.
 """
 from . import evaluate

@@ -45,8 +45,7 @@ def cmd_segment(args):
             image = read_image(p)
             r = segment_image(image, model=args.model, diameter=args.diameter,
                               device=args.device, confidence=args.confidence,
-                              refine=not args.no_refine, use_unet=not args.no_unet,
-                              tta=args.tta,
+                              refine=_refine_level(args), tta=args.tta,
                               postprocess=_postprocess_overrides(args))
             write_labels(out / f"{p.stem}.tif", r.labels)
             if args.overlays:
@@ -78,6 +77,11 @@ def _write_overlay(path, image, labels):
 
     path.parent.mkdir(parents=True, exist_ok=True)
     iio.imwrite(path, overlay_outlines(image, labels))
+
+
+def _refine_level(args):
+    """segment_image's refine level of --no-refine / --no-unet."""
+    return "none" if args.no_refine else "rules" if args.no_unet else "full"
 
 
 def _postprocess_overrides(args):

@@ -91,6 +91,31 @@ def contacts(labels):
 
 # -- the rules ------------------------------------------------------------------------------
 
+def keep_confident(labels, scores, confidence):
+    """Remove objects scoring below ``confidence`` (0-1); renumbered."""
+    scores = np.asarray(scores)
+    if (scores >= confidence).all():
+        return labels, scores
+    lut = np.arange(len(scores) + 1)
+    lut[1:][scores < confidence] = 0
+    return apply_lut(labels, scores, lut)
+
+
+def restrict_to_mask(labels, scores, mask):
+    """Keep objects with at least half their area inside ``mask`` ((H, W) bool), clipped to
+    it; renumbered."""
+    n = len(scores)
+    area = np.bincount(labels.ravel(), minlength=n + 1)
+    inside = np.bincount(labels[mask].ravel(), minlength=n + 1)
+    keep = (inside >= 0.5 * np.maximum(area, 1)) & (inside > 0)
+    keep[0] = False
+    lut = np.zeros(n + 1, np.int64)
+    lut[keep] = np.arange(1, keep.sum() + 1)
+    out = lut[labels]
+    out[~mask] = 0
+    return out.astype(label_dtype(int(keep.sum()))), scores[keep[1:]]
+
+
 def merge_into_neighbours(labels, scores, min_fraction):
     """Merge every object into the neighbour that touches more than ``min_fraction`` of its
     perimeter (the larger of the two absorbs the smaller). ``min_fraction`` = 1 - 1e-9 merges

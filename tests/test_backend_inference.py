@@ -1,4 +1,5 @@
-"""The Model value and its bounded cache."""
+"""The inference path in its two halves (inference.infer, inference.postprocess), the Model
+value and its bounded cache, and the refine levels (with the deprecated booleans)."""
 import gc
 import os
 import weakref
@@ -9,7 +10,10 @@ import torch
 
 import nucleaizer_backend
 from nucleaizer_backend import Model, estimate_size, segment_image
+from nucleaizer_backend.errors import NucleaizerError
 from nucleaizer_backend.imageio_utils import read_image
+from nucleaizer_backend.inference import (REFINE_LEVELS, NetworkOutputs, infer, postprocess,
+                                          postprocess_params)
 from nucleaizer_backend.models import io
 from nucleaizer_backend.models.maskrcnn import MaskRCNNConfig, build_maskrcnn
 
@@ -27,6 +31,65 @@ def image(example_images_dir):
 @pytest.fixture(scope="module")
 def model():
     return Model.load(None, "cpu")
+
+
+@pytest.fixture(scope="module")
+def outputs(model, image):
+    """The networks' outputs at a lower confidence than the model's, as tune keeps them."""
+    return infer(model, image, DIAMETER, confidence=0.3)
+
+
+def test_outputs_hold_labels_scores_probability_and_scale(outputs, image):
+    assert isinstance(outputs, NetworkOutputs)
+    assert outputs.shape == image.shape[:2] and outputs.labels.max() == len(outputs.scores)
+    assert (outputs.scores >= 0.3).all() and outputs.confidence == 0.3
+    assert outputs.scale == pytest.approx(40.0 / DIAMETER) and outputs.diameter == DIAMETER
+    assert outputs.size_estimate is None and not outputs.tta
+    assert outputs.unet_probability.shape == outputs.shape
+    assert outputs.mask_probability is None
+    assert outputs.probability is outputs.unet_probability
+
+
+@pytest.mark.parametrize("level", REFINE_LEVELS)
+def test_postprocess_of_outputs_is_segment_image(model, image, outputs, level):
+    """Networks once at a low confidence, then post-processing at the model's: exactly the
+    labels segment_image gives at each refine level."""
+    params = postprocess_params(model)
+    assert params.confidence > outputs.confidence
+    labels, scores = postprocess(outputs, params, level)
+    result = segment_image(image, model=model, diameter=DIAMETER, refine=level)
+    np.testing.assert_array_equal(labels, result.labels)
+    np.testing.assert_array_equal(scores, result.scores)
+    assert result.refined == (level != "none")
+
+
+def test_postprocess_refuses_what_was_not_detected(model, outputs):
+    low = postprocess_params(model, confidence=0.1)
+    with pytest.raises(NucleaizerError, match="lower confidence"):
+        postprocess(outputs, low)
+    with pytest.raises(NucleaizerError, match="refine"):
+        postprocess(outputs, postprocess_params(model), "unet")
+    with pytest.raises(NucleaizerError, match="mask"):
+        postprocess(outputs, postprocess_params(model), mask=np.ones((3, 3), bool))
+
+
+def test_without_unet_no_probability(model, image):
+    out = infer(model, image, DIAMETER, unet=False, mask_probability=True)
+    assert out.unet_probability is None
+    assert out.probability is out.mask_probability and out.mask_probability.shape == out.shape
+
+
+def test_deprecated_booleans_map_to_levels(model, image):
+    def labels(**kwargs):
+        return segment_image(image, model=model, diameter=DIAMETER, **kwargs).labels
+
+    for old, level in (({"refine": False}, "none"), ({"use_unet": False}, "rules"),
+                       ({"refine": True}, "full")):
+        with pytest.warns(DeprecationWarning, match="refine="):
+            got = labels(**old)
+        np.testing.assert_array_equal(got, labels(refine=level))
+    with pytest.raises(NucleaizerError, match="refine"):
+        labels(refine="everything")
 
 
 def test_model_value_segments_and_estimates(model, image):

@@ -39,8 +39,8 @@ PINNED = {
 }
 VARIANTS = {
     "full": {},
-    "rules": {"refine": True, "use_unet": False},
-    "none": {"refine": False},
+    "rules": {"refine": "rules"},
+    "none": {"refine": "none"},
     "tta": {"tta": True},
 }
 
