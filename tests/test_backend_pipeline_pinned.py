@@ -3,8 +3,9 @@ CPU, automatic size, default settings (and the refinement levels, and test-time 
 on one image). A refactoring of the inference path must leave every label image identical.
 
 A fingerprint is (objects, diameter in px rounded to 0.01, sum of the detection scores
-rounded to 0.001, sha256 prefix of the label image renumbered in raster order). Regenerate the table after an *intended* change of
-results with ``python tests/test_backend_pipeline_pinned.py`` (and say why in the commit).
+rounded to 0.001, sha256 prefix of the label image renumbered in raster order). Regenerate
+the table after an *intended* change of results with
+``python tests/test_backend_pipeline_pinned.py`` (and say why in the commit).
 """
 import hashlib
 from pathlib import Path
