@@ -2,6 +2,7 @@
 value and its bounded cache, and the refine levels (with the deprecated booleans)."""
 import gc
 import os
+import pickle
 import weakref
 
 import numpy as np
@@ -48,6 +49,9 @@ def test_outputs_hold_labels_scores_probability_and_scale(outputs, image):
     assert outputs.unet_probability.shape == outputs.shape
     assert outputs.mask_probability is None
     assert outputs.probability is outputs.unet_probability
+    kept = pickle.loads(pickle.dumps(outputs))  # plain arrays: can be cached on disk
+    np.testing.assert_array_equal(kept.labels, outputs.labels)
+    assert kept.scale == outputs.scale
 
 
 @pytest.mark.parametrize("level", REFINE_LEVELS)
