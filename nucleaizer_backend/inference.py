@@ -151,8 +151,8 @@ def check_refine_level(refine):
 
 
 def postprocess(outputs, params, refine="full", mask=None):
-    """Final (labels, scores) of NetworkOutputs: objects scoring under ``params.confidence``
-    removed, then with ``refine`` "rules" the post-processing rules (contained objects, p1,
+    """Final (labels, scores) of NetworkOutputs: objects scoring under a ``params.confidence``
+    higher than ``outputs.confidence`` removed, then with ``refine`` "rules" the post-processing rules (contained objects, p1,
     p2), with "full" also the U-Net contour correction (p3..p5) and p6 when the outputs have
     a U-Net probability, with "none" nothing more. mask: optional (H, W) bool array; only
     objects mostly inside it are kept, clipped to it. Labels are numbered 1..N.
@@ -168,7 +168,9 @@ def postprocess(outputs, params, refine="full", mask=None):
     if mask is not None and np.shape(mask) != outputs.shape:
         raise InputImageError(f"mask of shape {np.shape(mask)} does not match image "
                               f"{outputs.shape}")
-    labels, scores = keep_confident(outputs.labels, outputs.scores, params.confidence)
+    labels, scores = outputs.labels, outputs.scores
+    if params.confidence > outputs.confidence:  # TTA's merged scores may lie below the latter
+        labels, scores = keep_confident(labels, scores, params.confidence)
     if refine != "none":
         prob = outputs.unet_probability if refine == "full" else None
         labels, scores = refine_labels(labels, scores, outputs.scale, params, prob)

@@ -94,8 +94,6 @@ def contacts(labels):
 def keep_confident(labels, scores, confidence):
     """Remove objects scoring below ``confidence`` (0-1); renumbered."""
     scores = np.asarray(scores)
-    if (scores >= confidence).all():
-        return labels, scores
     lut = np.arange(len(scores) + 1)
     lut[1:][scores < confidence] = 0
     return apply_lut(labels, scores, lut)

@@ -77,6 +77,19 @@ def test_postprocess_refuses_what_was_not_detected(model, outputs):
         postprocess(outputs, postprocess_params(model), mask=np.ones((3, 3), bool))
 
 
+def test_merged_scores_under_the_confidence_are_kept(model):
+    """TTA's merged scores are means over the versions (0 where one missed): a nucleus found
+    by most versions may score under the confidence it was detected at, and stays."""
+    labels = np.zeros((20, 20), np.uint16)
+    labels[2:8, 2:8], labels[12:18, 12:18] = 1, 2
+    out = NetworkOutputs(labels, np.array([0.9, 0.4], np.float32), 0.5, 10.0, 4.0, False,
+                         tta=True)
+    _, scores = postprocess(out, postprocess_params(model, confidence=0.5), "none")
+    assert scores.tolist() == pytest.approx([0.9, 0.4])
+    _, scores = postprocess(out, postprocess_params(model, confidence=0.6), "none")
+    assert scores.tolist() == pytest.approx([0.9])
+
+
 def test_without_unet_no_probability(model, image):
     out = infer(model, image, DIAMETER, unet=False, mask_probability=True)
     assert out.unet_probability is None
