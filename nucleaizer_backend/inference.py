@@ -152,10 +152,11 @@ def check_refine_level(refine):
 
 def postprocess(outputs, params, refine="full", mask=None):
     """Final (labels, scores) of NetworkOutputs: objects scoring under a ``params.confidence``
-    higher than ``outputs.confidence`` removed, then with ``refine`` "rules" the post-processing rules (contained objects, p1,
-    p2), with "full" also the U-Net contour correction (p3..p5) and p6 when the outputs have
-    a U-Net probability, with "none" nothing more. mask: optional (H, W) bool array; only
-    objects mostly inside it are kept, clipped to it. Labels are numbered 1..N.
+    higher than ``outputs.confidence`` removed, then with ``refine`` "rules" the
+    post-processing rules (contained objects, p1, p2), with "full" also the U-Net contour
+    correction (p3..p5) and p6 when the outputs have a U-Net probability, with "none"
+    nothing more. mask: optional (H, W) bool array; only objects mostly inside it are kept,
+    clipped to it. Labels are numbered 1..N.
 
     ``params.confidence`` must be at least ``outputs.confidence`` (what was not detected
     cannot be brought back); with test-time augmentation a higher one removes merged nuclei
