@@ -215,8 +215,8 @@ def section_speed(model):
 
 
 ABLATION = (  # (key, label, segment_image keyword arguments)
-    ("maskrcnn", "Mask R-CNN alone", {"refine": False}),
-    ("rules", "+ rules (contained objects, p1 merge, p2 area)", {"use_unet": False}),
+    ("maskrcnn", "Mask R-CNN alone", {"refine": "none"}),
+    ("rules", "+ rules (contained objects, p1 merge, p2 area)", {"refine": "rules"}),
     ("unet", "+ U-Net contour correction (p3-p5) and p6", {}),
     ("tta", "+ test-time augmentation (6 versions)", {"tta": True}),
 )
@@ -254,16 +254,13 @@ def section_ablation(model, configs=ABLATION):
 
 
 def section_tuning(model):
-    import torch
-
-    from nucleaizer_backend.models.io import load_model
+    from nucleaizer_backend import Model
     from nucleaizer_backend.refine import PostprocessParams
     from nucleaizer_backend.tune import cache_image, evaluate_params, search
 
     rows = sorted(index_rows("val"), key=lambda r: (r["style"], r["id"]))
-    bundle = load_model(model, torch.device("cpu"))
-    cached = [cache_image(bundle, r["id"], *load_pair(r), torch.device("cpu"), 0.3)
-              for r in rows]
+    loaded = Model.load(model, "cpu")
+    cached = [cache_image(loaded, r["id"], *load_pair(r), 0.3) for r in rows]
     style = {r["id"]: r["style"] for r in rows}
     folds = [[c for i, c in enumerate(cached) if i % 2 == k] for k in (0, 1)]
 
@@ -323,11 +320,11 @@ def peak_rss_mb():
 MEMORY_CHILD = r"""
 import sys, time, numpy as np
 from bench.run_benchmarks import peak_rss_mb
-from nucleaizer_backend import load_model, segment_image
+from nucleaizer_backend import Model, segment_image
 from nucleaizer_backend.imageio_utils import read_image
 tile = read_image(sys.argv[1])
 img = np.tile(tile, (8, 8, 1))[:2048, :2048]
-load_model(None, "cpu")
+Model.load(None, "cpu")
 base = peak_rss_mb()
 t0 = time.perf_counter()
 r = segment_image(img, device="cpu")

@@ -232,7 +232,7 @@ def score(name, model, val_rows, tiny):
             out[f"dsb_{style}"], out[f"n_{style}"] = mean_dsb(sel), len(sel)
     if "dsb_he_no_unet" not in out:  # detection + rules alone: what the U-Net adds or takes
         out["dsb_he_no_unet"] = mean_dsb([r for r in val_rows if r["style"] == "he"],
-                                         use_unet=False)
+                                         refine="rules")
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps(out))
     return out

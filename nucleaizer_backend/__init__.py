@@ -2,24 +2,31 @@
 
 Public API::
 
-    from nucleaizer_backend import (segment, segment_image, estimate_size, load_model, evaluate,
+    from nucleaizer_backend import (Model, segment, segment_image, estimate_size, evaluate,
                                     adapt, AdaptConfig)
     labels = segment(image)                 # (H, W) uint16/uint32, 0 = background
     est = estimate_size(image)              # SizeEstimate: median_diameter (px), spread, ...
     result = segment_image(image, diameter=18.0, device="cpu")   # SegmentationResult
     res = adapt(["new_experiment/"], "adapted_model", config=AdaptConfig(preset="quick"))
-    labels = segment(image, model="adapted_model")   # with the style-adapted model
+    model = Model.load("adapted_model")     # the style-adapted model, loaded once
+    labels = model.segment(image).labels    # or segment(image, model="adapted_model")
+
+Network outputs and post-processing separately (to post-process one image many ways)::
+
+    from nucleaizer_backend.inference import infer, postprocess, postprocess_params
+    outputs = infer(model, image, confidence=0.3)      # NetworkOutputs
+    labels, scores = postprocess(outputs, postprocess_params(model, confidence=0.5))
 
 No CellProfiler import lives in this package.
 """
 from . import evaluate
 from .errors import InputImageError, ModelFileError, NucleaizerError
-from .models.io import load_model
-from .segment import SegmentationResult, estimate_size, segment, segment_image
+from .segment import Model, SegmentationResult, estimate_size, segment, segment_image
 from .size import SizeEstimate
 from .style.adapt import AdaptConfig, AdaptResult, adapt
 
+load_model = Model.load  # the name of earlier releases
 __version__ = "0.1.0"
-__all__ = ["segment", "segment_image", "estimate_size", "load_model", "evaluate", "adapt",
-           "AdaptConfig", "AdaptResult", "SegmentationResult", "SizeEstimate",
+__all__ = ["Model", "segment", "segment_image", "estimate_size", "load_model", "evaluate",
+           "adapt", "AdaptConfig", "AdaptResult", "SegmentationResult", "SizeEstimate",
            "NucleaizerError", "InputImageError", "ModelFileError"]

@@ -45,8 +45,7 @@ def cmd_segment(args):
             image = read_image(p)
             r = segment_image(image, model=args.model, diameter=args.diameter,
                               device=args.device, confidence=args.confidence,
-                              refine=not args.no_refine, use_unet=not args.no_unet,
-                              tta=args.tta,
+                              refine=_refine_level(args), tta=args.tta,
                               postprocess=_postprocess_overrides(args))
             write_labels(out / f"{p.stem}.tif", r.labels)
             if args.overlays:
@@ -78,6 +77,11 @@ def _write_overlay(path, image, labels):
 
     path.parent.mkdir(parents=True, exist_ok=True)
     iio.imwrite(path, overlay_outlines(image, labels))
+
+
+def _refine_level(args):
+    """segment_image's refine level of --no-refine / --no-unet."""
+    return "none" if args.no_refine else "rules" if args.no_unet else "full"
 
 
 def _postprocess_overrides(args):
@@ -135,32 +139,20 @@ def cmd_train(args):
     return 0
 
 
-def _annotation_files(folder):
-    """{image name: label file} of a folder of label images (or DIR/labels), names without
-    a suffix such as _mask / _labels."""
-    from .imageio_utils import list_images
-    from .train.data import _strip_label_suffix
-
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise NucleaizerError(f"{folder}: annotations folder not found")
-    if (folder / "labels").is_dir():
-        folder = folder / "labels"
-    return {_strip_label_suffix(p.stem): p for p in list_images([folder])}
-
-
 def _annotations_for(inputs, folder):
-    """The label files of ``folder`` (see _annotation_files) whose names match one of the
-    images given as ``inputs``: a folder of labels may hold more images than are adapted to.
-    Those left out are named on stderr; none matching is an error."""
-    import sys
-
+    """{image name: label file} of the label images of ``folder`` (pairing.label_files)
+    named like one of the images given as ``inputs``: a folder of labels may hold more
+    images than are adapted to. Those left out are named on stderr; none matching is an
+    error."""
     from .imageio_utils import list_images
+    from .pairing import label_files, pair_images
 
-    files = _annotation_files(folder)
-    names = {p.stem for p in list_images(inputs)}
-    used = {n: p for n, p in files.items() if n in names}
-    unused = sorted(n for n in files if n not in names)
+    if not Path(folder).is_dir():
+        raise NucleaizerError(f"{folder}: annotations folder not found")
+    files = label_files(folder)
+    pairs, _ = pair_images(list_images(inputs), files)
+    used = {image.stem: label for image, label in pairs}
+    unused = sorted(n for n in files if n not in used)
     if not used:
         raise NucleaizerError(f"{folder}: none of its {len(files)} label images is named like "
                               "one of the target images (e.g. image a.png, labels a.tif or "
@@ -214,27 +206,20 @@ def cmd_adapt(args):
 
 def _annotated_pairs(images_dir, truth_dir):
     """[(name, image, labels)] for the images of ``images_dir`` with a label image of the
-    same name (optionally with a suffix such as _mask) in ``truth_dir``."""
+    same name in ``truth_dir`` (pairing.label_files)."""
     from .imageio_utils import list_images, read_image
-    from .train.data import _strip_label_suffix, read_labels
+    from .pairing import label_files, pair_images
+    from .train.data import read_labels
 
-    truth_dir = Path(truth_dir)
-    if (truth_dir / "labels").is_dir():
-        truth_dir = truth_dir / "labels"
-    truths = {_strip_label_suffix(p.stem): p for p in list_images([truth_dir])}
-    pairs, unmatched = [], []
-    for p in list_images([images_dir]):
-        if p.stem in truths and truths[p.stem] != p:
-            pairs.append((p.stem, read_image(p), read_labels(truths[p.stem])))
-        elif p.parent != truth_dir:
-            unmatched.append(p.name)
+    paths, unmatched = pair_images(list_images([images_dir]), label_files(truth_dir))
     if unmatched:
-        _fail(f"{len(unmatched)} images have no label image and are not used: "
-              + ", ".join(unmatched[:5]) + (" ..." if len(unmatched) > 5 else ""))
-    if not pairs:
+        names = [p.name for p in unmatched]
+        _fail(f"{len(names)} images have no label image and are not used: "
+              + ", ".join(names[:5]) + (" ..." if len(names) > 5 else ""))
+    if not paths:
         raise NucleaizerError(f"no image in {images_dir} has a label image of the same name "
                               f"in {truth_dir}")
-    return pairs
+    return [(image.stem, read_image(image), read_labels(label)) for image, label in paths]
 
 
 def cmd_tune(args):
@@ -266,17 +251,15 @@ def cmd_tune(args):
 
 def cmd_evaluate(args):
     from .evaluate import score_image, summarize
-    from .imageio_utils import list_images
+    from .pairing import label_files
     from .train.data import read_labels
 
-    truth_dir = Path(args.truth)
-    if (truth_dir / "labels").is_dir():
-        truth_dir = truth_dir / "labels"
-    truths = {p.stem: p for p in list_images([truth_dir])}
-    preds = {p.stem: p for p in list_images([args.pred]) if p.suffix.lower() in (".tif", ".tiff", ".png")}
+    truths = label_files(args.truth)
+    preds = {n: p for n, p in label_files(args.pred).items()
+             if p.suffix.lower() in (".tif", ".tiff", ".png")}
     common = sorted(set(truths) & set(preds))
     if not common:
-        raise NucleaizerError(f"no label images with the same name in {args.pred} and {truth_dir}")
+        raise NucleaizerError(f"no label images with the same name in {args.pred} and {args.truth}")
     missing = sorted(set(truths) - set(preds))
     if missing:
         _fail(f"{len(missing)} truth images have no prediction and count as empty: "
@@ -302,7 +285,7 @@ def cmd_evaluate(args):
         from .evaluate import plot_f1_curves
 
         plot_f1_curves({f"{Path(args.pred).name} (DSB {s['dsb']:.3f})": s}, args.plot,
-                       title=f"{s['images']} images of {truth_dir}")
+                       title=f"{s['images']} images of {args.truth}")
     return 0
 
 

@@ -1,23 +1,16 @@
-"""Detection at the working scale: rescale, tile, Mask R-CNN, merge, paint labels.
-
-Coordinates: the *original* image is what the user gave; the *working* image is the original
-rescaled by ``scale`` (px_working = scale * px_original) so that nuclei have the size the
-model was trained at. Label images are always returned in the original geometry: masks are
-pasted straight from the working-scale boxes into the original pixel grid (the one
-resize-back of the project, in ``labels.instances_to_labels``).
+"""Detection at the working scale: Mask R-CNN over the tiles of the rescaled image, merged,
+painted as labels in the original geometry (coordinates: geometry.py).
 """
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from .errors import NucleaizerError
+from .geometry import DEFAULT_OVERLAP, owned_ranges, rescale_image, tile_starts
 from .labels import instances_to_labels
 from .models.maskrcnn import predict_raw
 
 DEFAULT_TILE = 2048  # px at the working scale (a 520x696 image at 2.5x fits in one tile)
-DEFAULT_OVERLAP = 128  # px; >= 2 nucleus diameters at the 40 px working size
 
 
 @dataclass
@@ -37,52 +30,6 @@ class Detections:
         keep = self.scores >= confidence
         return instances_to_labels(self.boxes[keep], self.masks[keep], self.scores[keep],
                                    self.shape, self.scale, min_area, with_probability)
-
-
-def _resize(x, size):
-    """Bilinear resize of a (C, H, W) tensor to ``size`` = (h, w) (antialiased when shrinking)."""
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    shrink = size[0] < x.shape[-2] or size[1] < x.shape[-1]
-    return F.interpolate(x[None], size=size, mode="bilinear", align_corners=False,
-                         antialias=shrink)[0]
-
-
-def working_size(shape, scale):
-    """(h, w) of an image of ``shape`` (H, W, ...) rescaled by ``scale``."""
-    return max(1, int(round(shape[0] * scale))), max(1, int(round(shape[1] * scale)))
-
-
-def rescale_image(image, scale, device):
-    """(H, W, 3) float image -> (3, round(H*scale), round(W*scale)) tensor on ``device``."""
-    x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).permute(2, 0, 1)
-    return _resize(x.to(device), working_size(image.shape, scale))
-
-
-def map_to_original(x, shape):
-    """A (h, w) working-scale map tensor (e.g. a probability) -> (H, W) float32 numpy array
-    in the original geometry ``shape``."""
-    return _resize(x[None].float(), tuple(shape[:2]))[0].cpu().numpy()
-
-
-def tile_starts(length, tile, overlap):
-    """Start offsets of tiles of ``tile`` px covering ``length`` px with >= ``overlap`` px overlap."""
-    if tile <= overlap:  # no tiling could keep the overlap (and nothing would be covered)
-        raise NucleaizerError(f"tile size ({tile} px) must be larger than the tile overlap "
-                              f"({overlap} px)")
-    if length <= tile:
-        return [0]
-    n = int(np.ceil((length - overlap) / (tile - overlap)))
-    return [int(round(i * (length - tile) / (n - 1))) for i in range(n)]
-
-
-def owned_ranges(starts, tile, length):
-    """Half-open [lo, hi) range each tile owns: boundaries at the middle of each overlap."""
-    bounds = [0]
-    for a, b in zip(starts[:-1], starts[1:]):
-        bounds.append((b + min(a + tile, length)) / 2.0)
-    bounds.append(float(length))
-    return list(zip(bounds[:-1], bounds[1:]))
 
 
 def detect(model, image, scale, device, tile=DEFAULT_TILE, overlap=DEFAULT_OVERLAP,

@@ -1,5 +1,6 @@
 """Post-processing of Mask R-CNN labels: the p1..p6 rules and U-Net contour correction
-(METHOD.md section 2, step 6; nucleAIzer Online Methods 2.2.2).
+(METHOD.md section 2, step 6; nucleAIzer Online Methods 2.2.2). Pure numpy: the U-Net's
+probability comes from foreground.py.
 
 All rules work on a label image in the *original* geometry with its per-object scores
 (``scores[i]`` belongs to label ``i + 1``) and return a new (labels, scores) pair numbered
@@ -13,13 +14,9 @@ contour correction (p3, p4, p5) -> objects the U-Net does not believe in (p6).
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
-import torch
 from scipy import ndimage
 
-from .detect import DEFAULT_OVERLAP, map_to_original, owned_ranges, rescale_image, tile_starts
 from .labels import label_dtype
-
-UNET_TILE = 1024  # px at the working scale
 
 
 @dataclass
@@ -93,6 +90,29 @@ def contacts(labels):
 
 
 # -- the rules ------------------------------------------------------------------------------
+
+def keep_confident(labels, scores, confidence):
+    """Remove objects scoring below ``confidence`` (0-1); renumbered."""
+    scores = np.asarray(scores)
+    lut = np.arange(len(scores) + 1)
+    lut[1:][scores < confidence] = 0
+    return apply_lut(labels, scores, lut)
+
+
+def restrict_to_mask(labels, scores, mask):
+    """Keep objects with at least half their area inside ``mask`` ((H, W) bool), clipped to
+    it; renumbered."""
+    n = len(scores)
+    area = np.bincount(labels.ravel(), minlength=n + 1)
+    inside = np.bincount(labels[mask].ravel(), minlength=n + 1)
+    keep = (inside >= 0.5 * np.maximum(area, 1)) & (inside > 0)
+    keep[0] = False
+    lut = np.zeros(n + 1, np.int64)
+    lut[keep] = np.arange(1, keep.sum() + 1)
+    out = lut[labels]
+    out[~mask] = 0
+    return out.astype(label_dtype(int(keep.sum()))), scores[keep[1:]]
+
 
 def merge_into_neighbours(labels, scores, min_fraction):
     """Merge every object into the neighbour that touches more than ``min_fraction`` of its
@@ -220,23 +240,3 @@ def refine(labels, scores, scale, params, prob=None):
         labels, scores = apply_unet(labels, scores, prob, scale, params)
     return labels, scores
 
-
-# -- the U-Net ------------------------------------------------------------------------------
-
-@torch.inference_mode()
-def foreground_probability(unet, image, scale, device, tile=UNET_TILE, overlap=DEFAULT_OVERLAP):
-    """Nucleus foreground probability (H, W) float32 in the original geometry of a normalised
-    (H, W, 3) image, from a U-Net run at ``scale`` (in overlapping tiles when large)."""
-    x = rescale_image(image, scale, device)
-    _, hs, ws = x.shape
-    prob = torch.zeros((hs, ws), device=device)
-    ys, xs = tile_starts(hs, tile, overlap), tile_starts(ws, tile, overlap)
-    for y0, (ly, hy) in zip(ys, owned_ranges(ys, tile, hs)):
-        for x0, (lx, hx) in zip(xs, owned_ranges(xs, tile, ws)):
-            crop = x[:, y0:y0 + tile, x0:x0 + tile][None].contiguous(
-                memory_format=torch.channels_last)
-            with torch.autocast(device.type, enabled=device.type == "cuda"):
-                p = unet(crop)[0].float()
-            ly, hy, lx, hx = int(round(ly)), int(round(hy)), int(round(lx)), int(round(hx))
-            prob[ly:hy, lx:hx] = p[ly - y0:hy - y0, lx - x0:hx - x0]
-    return map_to_original(prob, image.shape)

@@ -1,23 +1,22 @@
-"""The nucleAIzer inference path: normalise -> estimate size -> rescale to the working size
--> Mask R-CNN (optionally with test-time augmentation) -> labels in the original geometry
--> post-processing rules and U-Net contour refinement (METHOD.md section 2)."""
+"""The public segmentation API: a Model you can hold, and segment_image / segment /
+estimate_size taking a Model or a model path.
+
+segment_image = inference.infer (the networks) + inference.postprocess (the rules), with
+the post-processing parameters of the model and the caller (METHOD.md section 2).
+"""
 import time
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, fields
 
 import numpy as np
 
-from .detect import DEFAULT_TILE, detect
-from .device import resolve_device
-from .errors import InputImageError
-from .models.io import load_model
+from .detect import DEFAULT_TILE
+from .inference import check_refine_level, infer, postprocess_params, preseg_size
+from .inference import postprocess as postprocess_outputs  # segment_image has an argument so named
+from .models.io import ModelBundle, load_model
 from .preprocess import normalize_image
-from .refine import PostprocessParams, foreground_probability, refine as refine_labels
-from .size import SIZE_CONFIDENCE, SizeEstimate, find_nuclei
-from .tta import segment_with_tta
-
-SCALE_RANGE = (0.05, 10.0)  # working / original; outside it the scale is clamped
-MAX_WORKING_PIXELS = 64e6  # bigger working images are scaled down (clamped) to this
-MIN_SIDE = 4  # px; smaller images cannot hold a nucleus: empty result
+from .refine import PostprocessParams
+from .size import SIZE_CONFIDENCE, SizeEstimate
 
 
 @dataclass
@@ -28,10 +27,10 @@ class SegmentationResult:
     scores: (N,) detection confidence of label i + 1 at index i.
     diameter: nucleus diameter (px, original image) the image was rescaled for.
     scale: working / original size factor actually used; scale_clamped: True when the
-    diameter asked for a scale outside SCALE_RANGE or the pixel limit.
+    diameter asked for a scale outside geometry.SCALE_RANGE or the pixel limit.
     size_estimate: the automatic estimate (None when a diameter was given).
     probability: (H, W) float32 nucleus probability per pixel, or None: the U-Net's when
-    refinement ran with one, else the Mask R-CNN masks' (max over detections).
+    the model has one, else the Mask R-CNN masks' (max over detections).
     params: the post-processing parameters used; refined, tta: which steps ran.
     seconds: wall time of the whole call.
     """
@@ -53,138 +52,89 @@ class SegmentationResult:
         return len(self.scores)
 
 
-def choose_scale(diameter, working_diameter, shape):
-    """Scale that brings nuclei of ``diameter`` px to ``working_diameter`` px, clamped.
+class Model(ModelBundle):
+    """A loaded model (its networks on one device) to segment many images with::
 
-    Returns (scale, clamped)."""
-    wanted = working_diameter / diameter
-    scale = float(np.clip(wanted, *SCALE_RANGE))
-    limit = np.sqrt(MAX_WORKING_PIXELS / float(shape[0] * shape[1]))
-    scale = min(scale, limit)
-    return scale, not np.isclose(scale, wanted)
+        model = Model.load("adapted_model")      # or Model.load() for the shipped one
+        labels = model.segment(image).labels
+        diameter = model.estimate_size(image).median_diameter
+
+    Loading goes through the bounded cache of models.io.load_model: loading the same
+    unchanged folder again is free, and a folder whose files changed is loaded anew.
+    """
+
+    @classmethod
+    def load(cls, path=None, device="auto"):
+        """The model folder or main network file ``path`` (None = shipped default) on
+        ``device`` ("auto": CUDA when available, "cpu", "cuda", "cuda:N")."""
+        bundle = load_model(path, device)
+        return cls(**{f.name: getattr(bundle, f.name) for f in fields(bundle)})
+
+    def segment(self, image, **kwargs):
+        """segment_image(image, model=self, **kwargs): a SegmentationResult."""
+        return segment_image(image, model=self, **kwargs)
+
+    def estimate_size(self, image, **kwargs):
+        """estimate_size(image, model=self, **kwargs): a SizeEstimate."""
+        return estimate_size(image, model=self, **kwargs)
 
 
-def _nothing_to_find(norm):
-    """True for a normalised image too small or too flat to hold a nucleus."""
-    return min(norm.shape[:2]) < MIN_SIDE or not norm.any()
+def refine_level(refine="full", use_unet=None):
+    """The post-processing level ("full", "rules" or "none") of segment_image's ``refine``.
 
-
-def _preseg_estimate(network, norm, device, confidence, keep_labels=False):
-    """SizeEstimate of a normalised image from preseg (``labels`` set with ``keep_labels``)."""
-    if _nothing_to_find(norm):
-        labels, diameters = np.zeros(norm.shape[:2], np.uint16), []
-    else:
-        labels, diameters = find_nuclei(network, norm, device, confidence)
-    estimate = SizeEstimate.from_diameters(diameters)
-    if keep_labels:
-        estimate.labels = labels
-    return estimate
+    The booleans of earlier releases still work, with a DeprecationWarning: refine=True is
+    "full" ("rules" with use_unet=False), refine=False is "none"."""
+    if isinstance(refine, (bool, np.bool_)) or use_unet is not None:
+        warnings.warn("segment_image(refine=True/False, use_unet=...) is deprecated: use "
+                      "refine='full', 'rules' or 'none'", DeprecationWarning, stacklevel=3)
+        if isinstance(refine, (bool, np.bool_)):
+            refine = "full" if refine else "none"
+        if refine == "full" and use_unet is not None and not use_unet:
+            refine = "rules"
+    check_refine_level(refine)
+    return refine
 
 
 def estimate_size(image, model=None, device="auto", confidence=SIZE_CONFIDENCE,
                   return_labels=False):
     """Typical nucleus size of a 2D image (any dtype, gray or colour) as a SizeEstimate;
-    with ``return_labels`` its ``labels`` hold preseg's nuclei (input geometry)."""
-    device = resolve_device(device)
-    bundle = load_model(model, device)
-    return _preseg_estimate(bundle.preseg, normalize_image(image), device, confidence,
-                            return_labels)
-
-
-def postprocess_params(bundle, overrides=None, confidence=None):
-    """Post-processing parameters: the paper's defaults, updated by those stored with the
-    model (model.json "postprocess", e.g. from ``nucleaizer tune``), then by ``overrides``
-    (dict or PostprocessParams) and an explicit ``confidence``."""
-    values = PostprocessParams().to_dict()
-    values.update(PostprocessParams.from_dict(bundle.postprocess).to_dict()
-                  if bundle.postprocess else {})
-    if isinstance(overrides, PostprocessParams):
-        overrides = overrides.to_dict()
-    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    if confidence is not None:
-        values["confidence"] = confidence
-    params = PostprocessParams.from_dict(values)
-    if not 0.0 <= params.confidence <= 1.0:
-        raise InputImageError(f"confidence must be between 0 and 1 (got {params.confidence})")
-    return params
+    with ``return_labels`` its ``labels`` hold preseg's nuclei (input geometry).
+    model: a Model, or a model folder / network file (None = shipped default) loaded on
+    ``device``."""
+    return preseg_size(load_model(model, device), normalize_image(image), confidence,
+                       return_labels)
 
 
 def segment_image(image, model=None, diameter=None, device="auto", confidence=None,
-                  mask=None, tile_size=DEFAULT_TILE, return_probability=False, refine=True,
-                  use_unet=True, tta=False, postprocess=None):
+                  mask=None, tile_size=DEFAULT_TILE, return_probability=False, refine="full",
+                  use_unet=None, tta=False, postprocess=None):
     """Segment the nuclei of a 2D image; returns a SegmentationResult.
 
-    image: (H, W), (H, W, C) or (C, H, W) array, any dtype. model: model folder or network
-    file (None = shipped default). diameter: typical nucleus diameter in px (None = estimate
-    it). confidence: minimum detection score (0-1; None = the model's, default 0.5).
-    mask: optional (H, W) bool array; only objects mostly inside it are kept, clipped to it.
-    refine: apply the post-processing rules (contained objects, p1, p2) and, with
-    ``use_unet`` and a model that has a U-Net, the contour correction (p3..p5) and the p6
-    rule. tta: test-time augmentation (6 versions: about 6x slower).
-    postprocess: p1..p6 overrides (dict or PostprocessParams; see refine.PostprocessParams).
+    image: (H, W), (H, W, C) or (C, H, W) array, any dtype. model: a Model, or a model folder
+    or network file (None = shipped default) loaded on ``device`` ("auto": CUDA when
+    available). diameter: typical nucleus diameter in px (None = estimate it). confidence:
+    minimum detection score (0-1; None = the model's, default 0.5). mask: optional (H, W)
+    bool array; only objects mostly inside it are kept, clipped to it.
+    refine: "full" (default): the post-processing rules (contained objects, p1, p2) and,
+    with a model that has a U-Net, the contour correction (p3..p5) and the p6 rule; "rules":
+    the rules only; "none": the Mask R-CNN objects as they are. (use_unet and a boolean
+    refine are deprecated: see refine_level.) tta: test-time augmentation (6 versions: about
+    6x slower). postprocess: p1..p6 overrides (dict or PostprocessParams; see
+    refine.PostprocessParams). tile_size: Mask R-CNN tile, px at the working scale.
     """
     t0 = time.perf_counter()
-    device = resolve_device(device)
-    bundle = load_model(model, device)
-    params = postprocess_params(bundle, postprocess, confidence)
-    norm = normalize_image(image)
-    shape = norm.shape[:2]
-    if mask is not None and np.shape(mask) != shape:
-        raise InputImageError(f"mask of shape {np.shape(mask)} does not match image {shape}")
-    estimate = None
-    if diameter is None:
-        estimate = _preseg_estimate(bundle.preseg, norm, device, SIZE_CONFIDENCE)
-        diameter = estimate.median_diameter
-    if not diameter > 0:
-        raise InputImageError(f"nucleus diameter must be positive (got {diameter})")
-    scale, clamped = choose_scale(float(diameter), bundle.working_diameter, shape)
-    use_unet = refine and use_unet and bundle.unet is not None
-    prob = None
-    if _nothing_to_find(norm):
-        labels, scores = np.zeros(shape, np.uint16), np.zeros(0, np.float32)
-        prob = np.zeros(shape, np.float32) if return_probability else None
-    else:
-        # the probability returned: the U-Net's where there is one, else the masks'
-        unet_prob = bundle.unet is not None and (use_unet or return_probability)
-        mask_prob = return_probability and not unet_prob
-
-        def detect_labels(img, with_probability=False):
-            dets = detect(bundle.main, img, scale, device, tile=tile_size,
-                          min_score=params.confidence)
-            return dets.to_labels(params.confidence, with_probability=with_probability)
-
-        if tta:
-            labels, scores = segment_with_tta(lambda img: detect_labels(img)[:2], norm)
-            if mask_prob:  # the identity version once more, for its mask probabilities
-                prob = detect_labels(norm, with_probability=True)[2]
-        else:
-            labels, scores, prob = detect_labels(norm, with_probability=mask_prob)
-        if unet_prob:
-            prob = foreground_probability(bundle.unet, norm, scale, device)
-        if refine:
-            labels, scores = refine_labels(labels, scores, scale, params,
-                                           prob if use_unet else None)
-    if mask is not None:
-        labels, scores = restrict_to_mask(labels, scores, np.asarray(mask, bool))
-    return SegmentationResult(labels, scores, float(diameter), scale, clamped, estimate,
-                              prob if return_probability else None,
-                              time.perf_counter() - t0, params, bool(refine), bool(tta))
-
-
-def restrict_to_mask(labels, scores, mask):
-    """Keep objects with at least half their area inside ``mask``, clipped to it; renumbered."""
-    from .labels import label_dtype
-
-    n = len(scores)
-    area = np.bincount(labels.ravel(), minlength=n + 1)
-    inside = np.bincount(labels[mask].ravel(), minlength=n + 1)
-    keep = (inside >= 0.5 * np.maximum(area, 1)) & (inside > 0)
-    keep[0] = False
-    lut = np.zeros(n + 1, np.int64)
-    lut[keep] = np.arange(1, keep.sum() + 1)
-    out = lut[labels]
-    out[~mask] = 0
-    return out.astype(label_dtype(int(keep.sum()))), scores[keep[1:]]
+    level = refine_level(refine, use_unet)
+    model = load_model(model, device)
+    params = postprocess_params(model, postprocess, confidence)
+    outputs = infer(model, image, diameter, params.confidence,
+                    unet=level == "full" or return_probability,
+                    mask_probability=return_probability and model.unet is None,
+                    tta=tta, tile_size=tile_size)
+    labels, scores = postprocess_outputs(outputs, params, level, mask)
+    return SegmentationResult(labels, scores, outputs.diameter, outputs.scale,
+                              outputs.scale_clamped, outputs.size_estimate,
+                              outputs.probability if return_probability else None,
+                              time.perf_counter() - t0, params, level != "none", bool(tta))
 
 
 def segment(image, model=None, diameter=None, device="auto", confidence=None, **kwargs):

@@ -2,25 +2,21 @@
 the DSB score on a user's annotated images (METHOD.md section 2 step 6; the paper tuned them
 with a genetic search on DSB), so that a lab can tune once on a few annotated images.
 
-The networks run once per image (Mask R-CNN detections at the lowest confidence searched, the
-U-Net probability, the scale); each parameter set then only re-runs the cheap rules. The
-search is coordinate descent over a grid per parameter, starting from the current values,
-for a few rounds.
+The networks run once per image (inference.infer: Mask R-CNN labels at the lowest confidence
+searched, the U-Net probability, the scale); each parameter set then only re-runs the cheap
+rules (inference.postprocess). The search is coordinate descent over a grid per parameter,
+starting from the current values, for a few rounds.
 """
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .detect import detect
-from .device import resolve_device
 from .errors import NucleaizerError
 from .evaluate import score_image
+from .inference import NetworkOutputs, infer, postprocess, postprocess_params
 from .models.io import load_model
-from .preprocess import normalize_image
-from .refine import PostprocessParams, apply_lut, foreground_probability, refine
-from .segment import _preseg_estimate, choose_scale, postprocess_params
-from .size import SIZE_CONFIDENCE
+from .refine import PostprocessParams
 
 GRID = {
     "confidence": [0.3, 0.4, 0.5, 0.6, 0.7, 0.8],
@@ -35,14 +31,11 @@ GRID = {
 
 @dataclass
 class CachedImage:
-    """What the networks produced for one image: Mask R-CNN labels/scores at the lowest
-    confidence searched, U-Net probability (or None), scale, and the true labels."""
+    """What the networks produced for one image (at the lowest confidence searched) and its
+    true labels (H, W)."""
 
     name: str
-    labels: np.ndarray
-    scores: np.ndarray
-    prob: np.ndarray
-    scale: float
+    outputs: NetworkOutputs
     truth: np.ndarray
 
 
@@ -58,36 +51,24 @@ class TuneResult:
                 + ", ".join(f"{k}={v:g}" for k, v in self.params.to_dict().items()))
 
 
-def cache_image(bundle, name, image, truth, device, min_confidence, diameter=None):
-    """Run the networks once on ``image`` (any 2D image) for tuning."""
-    norm = normalize_image(image)
-    if diameter is None:
-        diameter = _preseg_estimate(bundle.preseg, norm, device, SIZE_CONFIDENCE).median_diameter
-    scale, _ = choose_scale(float(diameter), bundle.working_diameter, norm.shape[:2])
-    dets = detect(bundle.main, norm, scale, device, min_score=min_confidence)
-    labels, scores, _ = dets.to_labels(min_confidence)
-    prob = foreground_probability(bundle.unet, norm, scale, device) \
-        if bundle.unet is not None else None
-    return CachedImage(name, labels, scores, prob, scale, np.asarray(truth))
+def cache_image(model, name, image, truth, min_confidence, diameter=None):
+    """Run ``model``'s networks (a loaded model) once on ``image`` (any 2D image) for tuning;
+    ``diameter`` px (None = estimated)."""
+    outputs = infer(model, image, diameter, min_confidence)
+    return CachedImage(name, outputs, np.asarray(truth))
 
 
 def evaluate_params(cached, params):
     """Mean DSB score of the cached images post-processed with ``params``."""
-    scores = []
-    for c in cached:
-        lut = np.arange(len(c.scores) + 1)
-        lut[1:][c.scores < params.confidence] = 0
-        labels, kept = apply_lut(c.labels, c.scores, lut)
-        labels, kept = refine(labels, kept, c.scale, params, c.prob)
-        scores.append(score_image(c.truth, labels).dsb)
-    return float(np.mean(scores))
+    return float(np.mean([score_image(c.truth, postprocess(c.outputs, params)[0]).dsb
+                          for c in cached]))
 
 
 def search(cached, start, rounds=2, grid=None, progress=None):
     """Coordinate descent from ``start`` (PostprocessParams) over ``grid``; returns a
     TuneResult. Without U-Net probabilities, p3..p6 are left as they are."""
     grid = grid or GRID
-    has_unet = all(c.prob is not None for c in cached)
+    has_unet = all(c.outputs.unet_probability is not None for c in cached)
     names = [k for k in grid if has_unet or k not in ("p3", "p4", "p5", "p6")]
     best = start.to_dict()
     best_dsb = start_dsb = evaluate_params(cached, start)
@@ -114,7 +95,8 @@ def search(cached, start, rounds=2, grid=None, progress=None):
 
 def tune(pairs, model=None, device="auto", diameters=None, rounds=2, progress=None,
          grid=None):
-    """Tune the post-processing of ``model`` on ``pairs`` [(name, image, true labels)].
+    """Tune the post-processing of ``model`` (a Model, or a model folder / network file
+    loaded on ``device``) on ``pairs`` [(name, image, true labels)].
 
     diameters: optional {name: nucleus diameter px}; otherwise sizes are estimated, as when
     segmenting. grid: {parameter: values} to search (default GRID). Returns a TuneResult
@@ -122,14 +104,12 @@ def tune(pairs, model=None, device="auto", diameters=None, rounds=2, progress=No
     grid = grid or GRID
     if not pairs:
         raise NucleaizerError("no annotated images to tune on")
-    device = resolve_device(device)
-    bundle = load_model(model, device)
-    start = postprocess_params(bundle)
+    model = load_model(model, device)
+    start = postprocess_params(model)
     low = min(min(grid.get("confidence", [start.confidence])), start.confidence)
     cached = []
     for i, (name, image, truth) in enumerate(pairs):
-        cached.append(cache_image(bundle, name, image, truth, device, low,
-                                  (diameters or {}).get(name)))
+        cached.append(cache_image(model, name, image, truth, low, (diameters or {}).get(name)))
         if progress:
             progress(i + 1, len(pairs), {"stage": "networks"})
     return search(cached, start, rounds, grid, progress=progress and (

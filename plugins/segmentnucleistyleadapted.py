@@ -147,6 +147,8 @@ SIZE_MANUAL = "Manual"
 REFINE_FULL = "Rules and U-Net contour refinement"
 REFINE_RULES = "Rules only"
 REFINE_NONE = "None"
+# the backend's refine argument of each choice
+REFINE_LEVELS = {REFINE_FULL: "full", REFINE_RULES: "rules", REFINE_NONE: "none"}
 
 PARAMS_MODEL = "From the model"
 PARAMS_CUSTOM = "Custom"
@@ -652,8 +654,7 @@ Name of the nucleus probability image, for use by downstream modules.""",
                 device=self.device(),
                 mask=self._mask(workspace, image),
                 return_probability=bool(self.want_probability.value),
-                refine=self.refinement != REFINE_NONE,
-                use_unet=self.refinement == REFINE_FULL,
+                refine=REFINE_LEVELS[self.refinement.value],
                 tta=bool(self.tta.value),
                 **self._parameters()
             )

@@ -99,7 +99,7 @@ def time_segmentation(args):
     """segment() per bundled example image on the device, and the main network's batched
     throughput at the working scale of a 520x696 image."""
     from nucleaizer_backend import segment_image
-    from nucleaizer_backend.detect import rescale_image
+    from nucleaizer_backend.geometry import rescale_image
     from nucleaizer_backend.imageio_utils import list_images, read_image
     from nucleaizer_backend.models.io import load_model
     from nucleaizer_backend.models.maskrcnn import predict_raw

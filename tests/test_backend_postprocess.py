@@ -1,5 +1,5 @@
 """The refinement steps with the shipped networks on real example images: what the API's
-refine / use_unet / tta / postprocess switches do, parameter precedence, and tuning."""
+refine / tta / postprocess switches do, parameter precedence, and tuning."""
 import json
 import shutil
 
@@ -31,8 +31,8 @@ def steps(fluo):
     """The same image through each step, at its true nucleus size."""
     img, _, d = fluo
     return {
-        "maskrcnn": segment_image(img, diameter=d, device="cpu", refine=False),
-        "rules": segment_image(img, diameter=d, device="cpu", use_unet=False),
+        "maskrcnn": segment_image(img, diameter=d, device="cpu", refine="none"),
+        "rules": segment_image(img, diameter=d, device="cpu", refine="rules"),
         "full": segment_image(img, diameter=d, device="cpu", return_probability=True),
     }
 
@@ -83,7 +83,7 @@ def test_huge_minimum_area_removes_everything(fluo):
 
 def test_confidence_argument_overrides_model_value(fluo):
     img, _, d = fluo
-    strict = segment_image(img, diameter=d, device="cpu", confidence=0.95, refine=False)
+    strict = segment_image(img, diameter=d, device="cpu", confidence=0.95, refine="none")
     assert strict.params.confidence == 0.95
     assert (strict.scores >= 0.95).all()
     with pytest.raises(NucleaizerError, match="confidence"):

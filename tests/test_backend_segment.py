@@ -6,7 +6,7 @@ import pytest
 from nucleaizer_backend import SegmentationResult, segment, segment_image
 from nucleaizer_backend.errors import InputImageError
 from nucleaizer_backend.imageio_utils import read_image
-from nucleaizer_backend.segment import SCALE_RANGE
+from nucleaizer_backend.geometry import SCALE_RANGE
 from nucleaizer_backend.size import MIN_NUCLEI
 from shapes import disk
 

@@ -13,8 +13,9 @@ from scipy import ndimage
 
 from nucleaizer_backend import detect as detect_module
 from nucleaizer_backend import segment_image
-from nucleaizer_backend.detect import detect, owned_ranges, tile_starts
+from nucleaizer_backend.detect import detect
 from nucleaizer_backend.errors import NucleaizerError
+from nucleaizer_backend.geometry import owned_ranges, tile_starts
 from nucleaizer_backend.evaluate import score_image
 from nucleaizer_backend.imageio_utils import read_image
 from nucleaizer_backend.preprocess import normalize_image

@@ -12,11 +12,13 @@ are optional: the shipped default ones are used when a folder lacks them.
 """
 import json
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from ..device import resolve_device
 from ..errors import ModelFileError
 from .maskrcnn import MaskRCNNConfig, build_maskrcnn
 from .unet import UNetConfig, build_unet
@@ -27,6 +29,7 @@ MAIN_FILE, PRESEG_FILE, UNET_FILE = "main.safetensors", "preseg.safetensors", "u
 NETWORK_FILES = {"main": MAIN_FILE, "preseg": PRESEG_FILE, "unet": UNET_FILE}
 INFO_FILE = "model.json"
 _META_KEY = "nucleaizer"
+MAX_CACHED_MODELS = 4  # loaded models kept in memory (per process), least recently used dropped
 
 
 def build_network(kind, architecture=None):
@@ -102,17 +105,18 @@ def load_network_of_kind(path, kind, device="cpu"):
 
 @dataclass
 class ModelBundle:
-    """The networks of one model folder, ready for inference (``unet`` is None when neither
-    the folder nor the shipped default has one)."""
+    """The networks of one model folder on one ``device``, ready for inference (``unet`` is
+    None when neither the folder nor the shipped default has one)."""
 
     path: Path
-    main: torch.nn.Module
-    preseg: torch.nn.Module
-    main_meta: dict
-    preseg_meta: dict
-    info: dict = field(default_factory=dict)
-    unet: torch.nn.Module = None
-    unet_meta: dict = None
+    main: torch.nn.Module = field(repr=False)
+    preseg: torch.nn.Module = field(repr=False)
+    main_meta: dict = field(repr=False)
+    preseg_meta: dict = field(repr=False)
+    info: dict = field(default_factory=dict, repr=False)
+    unet: torch.nn.Module = field(default=None, repr=False)
+    unet_meta: dict = field(default=None, repr=False)
+    device: torch.device = torch.device("cpu")
 
     @property
     def working_diameter(self):
@@ -125,7 +129,7 @@ class ModelBundle:
         return dict(self.info.get("postprocess") or {})
 
 
-_cache = {}
+_cache = OrderedDict()  # (path, device) -> (file versions, ModelBundle), oldest use first
 _cache_lock = threading.Lock()
 
 
@@ -169,21 +173,43 @@ def _mtime(path):
     return path.stat().st_mtime_ns if path is not None and path.is_file() else None
 
 
-def load_model(path=None, device="cpu"):
-    """Load (once per process, path, file versions and device) a model folder or a main
-    network file; returns a ModelBundle."""
-    p = resolve_model_path(path)
-    main_file = p / MAIN_FILE if p.is_dir() else p
-    preseg_file, unet_file = _network_file(p, PRESEG_FILE), _network_file(p, UNET_FILE)
-    info_file = (p if p.is_dir() else p.parent) / INFO_FILE
-    key = tuple((str(f), _mtime(f)) for f in (main_file, preseg_file, unet_file, info_file))
-    key += (str(device),)
+def model_files(path):
+    """The files a model folder or main network file ``path`` (resolved) loads from:
+    (main, preseg, unet or None, model.json), missing networks taken from the default."""
+    main_file = path / MAIN_FILE if path.is_dir() else path
+    info_file = (path if path.is_dir() else path.parent) / INFO_FILE
+    return main_file, _network_file(path, PRESEG_FILE), _network_file(path, UNET_FILE), info_file
+
+
+def load_model(model=None, device="auto"):
+    """The ModelBundle of a model folder or main network file (None = shipped default) on
+    ``device`` ("auto": CUDA when available); an already loaded ModelBundle is returned as
+    it is.
+
+    Loaded once per process while its files are unchanged: files changed since (a model
+    re-adapted or re-tuned into the same folder) are loaded anew and the old networks are
+    let go; at most MAX_CACHED_MODELS models are kept, the least recently used go first."""
+    if isinstance(model, ModelBundle):
+        return model
+    path, device = resolve_model_path(model), resolve_device(device)
+    files = model_files(path)
+    versions = tuple((str(f), _mtime(f)) for f in files)
+    key = (str(path), str(device))
     with _cache_lock:
-        if key not in _cache:
-            main, main_meta = load_network(main_file, device)
-            preseg, preseg_meta = load_network(preseg_file, device)
-            unet, unet_meta = load_network(unet_file, device) if unet_file else (None, None)
-            info = read_model_info(info_file)
-            _cache[key] = ModelBundle(p, main, preseg, main_meta, preseg_meta, info,
-                                      unet, unet_meta)
-        return _cache[key]
+        if key in _cache and _cache[key][0] == versions:
+            _cache.move_to_end(key)
+            return _cache[key][1]
+        _cache.pop(key, None)  # the old networks go before the new ones load
+        _cache[key] = (versions, _load_bundle(path, files, device))
+        while len(_cache) > MAX_CACHED_MODELS:
+            _cache.popitem(last=False)
+        return _cache[key][1]
+
+
+def _load_bundle(path, files, device):
+    main_file, preseg_file, unet_file, info_file = files
+    main, main_meta = load_network(main_file, device)
+    preseg, preseg_meta = load_network(preseg_file, device)
+    unet, unet_meta = load_network(unet_file, device) if unet_file else (None, None)
+    return ModelBundle(path, main, preseg, main_meta, preseg_meta, read_model_info(info_file),
+                       unet, unet_meta, device)

@@ -1,6 +1,7 @@
 """Annotated training data: folders of image + instance-label pairs.
 
-Layouts found automatically (label files may carry a suffix such as ``_mask`` or ``_labels``):
+Layouts found automatically (pairing.find_pairs; label files may carry a suffix such as
+``_mask`` or ``_labels``):
 - ``DIR/images/*`` with ``DIR/labels/*`` or ``DIR/masks/*`` (the dsb2018 layout);
 - ``DIR/*`` images with ``DIR/*_mask*`` / ``*_label*`` files beside them.
 A binary mask (one value besides 0) is split into objects by connected components.
@@ -13,12 +14,10 @@ import numpy as np
 from scipy import ndimage
 
 from ..errors import NucleaizerError
-from ..imageio_utils import is_image_file, read_image
+from ..imageio_utils import read_image
 from ..labels import equivalent_diameters, relabel_sequential
+from ..pairing import find_pairs
 from ..preprocess import normalize_image
-
-LABEL_DIRS = ("labels", "masks", "label", "mask", "annotations", "ground_truth", "gt")
-LABEL_SUFFIXES = ("_labels", "_label", "_masks", "_mask", "_cp_masks", "_seg", "_gt")
 
 
 @dataclass
@@ -40,39 +39,6 @@ class LabeledImage:
         decided once on the whole image (a crop of a stained image may look gray)."""
         img = self.image[::4, ::4].astype(np.float32)
         return float(np.abs(img - img.mean(axis=-1, keepdims=True)).mean()) > 0.02
-
-
-def _strip_label_suffix(stem):
-    for s in LABEL_SUFFIXES:
-        if stem.lower().endswith(s):
-            return stem[: -len(s)]
-    return stem
-
-
-def find_pairs(folder):
-    """(image path, label path) pairs in ``folder``, sorted by image name."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise NucleaizerError(f"{folder}: training data folder not found")
-    image_dir = folder / "images" if (folder / "images").is_dir() else folder
-    label_dirs = [folder / d for d in LABEL_DIRS if (folder / d).is_dir()]
-    label_files = {}
-    for d in label_dirs or [folder]:
-        for p in sorted(d.iterdir()):
-            if is_image_file(p) and (label_dirs or _strip_label_suffix(p.stem) != p.stem):
-                label_files.setdefault(_strip_label_suffix(p.stem), p)
-    pairs = []
-    for p in sorted(image_dir.iterdir()):
-        if not is_image_file(p) or p in label_files.values():
-            continue
-        if p.stem in label_files:
-            pairs.append((p, label_files[p.stem]))
-    if not pairs:
-        raise NucleaizerError(
-            f"{folder}: no image/label pairs found (expected images/ with labels/ or masks/, "
-            "or image files with *_mask / *_labels files beside them)"
-        )
-    return pairs
 
 
 def read_labels(path):

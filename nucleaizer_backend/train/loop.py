@@ -229,7 +229,7 @@ def validate(model, items, kind, device, styles=None, confidence=0.5):
 
 def validate_unet(model, items, device, styles=None):
     """Foreground IoU (probability > 0.5 vs annotated nuclei), mean over images and styles."""
-    from ..refine import foreground_probability
+    from ..foreground import foreground_probability
 
     ious = []
     for item in items:
