@@ -91,7 +91,8 @@ def measure_speed(items, threads, warmup=20, rounds=5, steps_per_turn=8, seed=0,
     Returns {variant: ([wall s per step, ...], [CPU s per step, ...])}, one value per turn.
     CPU time is the training process's (all its threads; not the crop worker's): on a
     machine shared with other jobs it changes far less than wall time."""
-    from nucleaizer_backend.train.loop import TrainConfig, crop_batches, sampling_weights
+    from nucleaizer_backend.train.batches import crop_batches, sampling_weights
+    from nucleaizer_backend.train.loop import TrainConfig
 
     torch.set_num_threads(threads)
     cfg = TrainConfig(data="", out="", kind="main", seed=seed)
@@ -157,7 +158,8 @@ LEARNING_ARMS = {
 def learning_runs(data_dir, out_dir, steps=400, seeds=(0, 1), threads=1, progress=log_line):
     """Loss curves of the real training loop for each of LEARNING_ARMS and seeds.
     Returns {arm: {seed: [(step, loss), ...]}} (loss: mean over 20 steps)."""
-    from nucleaizer_backend.train.loop import TrainConfig, read_run_log, train
+    from nucleaizer_backend.train.loop import TrainConfig, train
+    from nucleaizer_backend.train.runs import read_run_log
 
     curves = {}
     for arm, extra in LEARNING_ARMS.items():

@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 from nucleaizer_backend.models.io import (DEFAULT_MODEL_DIR, INFO_FILE,  # noqa: E402
                                           NETWORK_FILES, read_network_meta)
 from nucleaizer_backend.refine import PostprocessParams  # noqa: E402
-from nucleaizer_backend.train.loop import read_run_log  # noqa: E402
+from nucleaizer_backend.train.runs import read_run_log  # noqa: E402
 
 
 def run_history(network_file):

@@ -15,7 +15,8 @@ import torch
 from nucleaizer_backend import cli, segment_image
 from nucleaizer_backend.models.io import read_network_meta
 from nucleaizer_backend.train.data import find_pairs, load_dataset
-from nucleaizer_backend.train.loop import TrainConfig, read_run_log, train
+from nucleaizer_backend.train.loop import TrainConfig, train
+from nucleaizer_backend.train.runs import read_run_log
 
 # matplotlib (curve.png) triggers pyparsing deprecation warnings that are not ours
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -223,7 +224,7 @@ def test_unet_kind_trains_lowers_loss_and_loads(train_data, tmp_path):
 def test_styles_filter_and_synthetic_share(train_data, tmp_path):
     """--styles keeps only images of those styles (index.csv); --synthetic mixes in a folder
     of synthetic pairs at --synthetic-share."""
-    from nucleaizer_backend.train.loop import pick_item, training_items
+    from nucleaizer_backend.train.batches import pick_item, training_items
 
     (train_data / "index.csv").write_text(
         "id,style\nfluo_0e5edb072788,fluo\nhe_420f43d21dba,he\n")

@@ -37,7 +37,7 @@ from ..models.io import load_network_of_kind, save_network
 from ..models.pix2pix import (Pix2PixConfig, build_discriminator, build_generator,
                               gan_to_image, image_to_gan, mask_to_input)
 from ..preprocess import to_hwc
-from ..train.loop import RunFolder
+from ..train.runs import RunFolder
 
 GENERATOR_FILE = "generator.safetensors"
 

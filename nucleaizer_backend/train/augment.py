@@ -13,6 +13,10 @@ import numpy as np
 from scipy import ndimage
 
 
+WORKING_DIAMETER = 40.0  # px: the main network's nucleus size (METHOD.md section 2)
+PRESEG_RANGE = (12.0, 100.0)  # px: nucleus sizes preseg is trained on
+
+
 @dataclass
 class CropSpec:
     """How crops are sampled. Diameters in px at the working scale."""

@@ -66,3 +66,14 @@ def load_dataset(folder, limit=None):
     """All labelled images of ``folder`` (see module doc), normalised once."""
     pairs = find_pairs(folder)[:limit]
     return [load_labeled_image(i, l) for i, l in pairs]
+
+
+def read_styles(folder):
+    """{image id: style} from an ``index.csv`` (columns id, style) in or above ``folder``."""
+    for candidate in (Path(folder) / "index.csv", Path(folder).parent / "index.csv"):
+        if candidate.is_file():
+            import csv
+
+            with open(candidate) as f:
+                return {r["id"]: r["style"] for r in csv.DictReader(f) if "style" in r}
+    return {}

@@ -12,19 +12,17 @@ import json
 import math
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..device import resolve_device
-from ..evaluate import score_image, summarize
 from ..models.io import build_network, save_network
-from .augment import CropSpec, make_training_crop, targets_from_labels
-from .data import load_dataset
-
-WORKING_DIAMETER = 40.0  # px: the main network's nucleus size (METHOD.md section 2)
-PRESEG_RANGE = (12.0, 100.0)  # px: nucleus sizes preseg is trained on
+from .augment import PRESEG_RANGE, WORKING_DIAMETER, CropSpec
+from .batches import crop_batches, sampling_weights, training_items
+from .data import load_dataset, read_styles
+from .runs import RunFolder, plot_curve
+from .validate import validate
 
 
 @dataclass
@@ -87,225 +85,12 @@ def make_optimizer(params, cfg, device):
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
 
 
-def sampling_weights(items, min_share):
-    """Per-image sampling probabilities: uniform, except that colour and gray images each
-    get at least ``min_share`` of the samples (the rarer style is not drowned out).
-    Returns (probabilities, colour flags), both (N,)."""
-    colour = np.array([it.is_colour for it in items])
-    p = np.full(len(items), 1.0 / len(items))
-    n_colour = int(colour.sum())
-    if 0 < n_colour < len(items) and min_share > 0:
-        share = float(np.clip(n_colour / len(items), min_share, 1 - min_share))
-        p[colour] = share / n_colour
-        p[~colour] = (1 - share) / (len(items) - n_colour)
-    return p, colour
-
-
-def training_items(cfg):
-    """The annotated training images of ``cfg.data`` (only ``cfg.styles`` when given)."""
-    items = [it for it in load_dataset(cfg.data) if np.isfinite(it.diameter)]
-    if cfg.styles:
-        styles = read_styles(cfg.data)
-        if not styles:
-            raise ValueError(f"--styles needs an index.csv with a style column in or above "
-                             f"{cfg.data}")
-        items = [it for it in items if styles.get(it.name) in cfg.styles]
-        if not items:
-            raise ValueError(f"no training image of style {', '.join(cfg.styles)} in {cfg.data}")
-    return items
-
-
-def pick_item(items, weights, synthetic, synthetic_share, rng):
-    """One training image: synthetic with probability ``synthetic_share`` (when there are
-    synthetic images), else an annotated one drawn with ``weights``."""
-    if synthetic and rng.random() < synthetic_share:
-        return synthetic[rng.integers(len(synthetic))]
-    return items[rng.choice(len(items), p=weights)]
-
-
 def learning_rate(cfg, step):
     """Linear warm-up, then cosine decay to 5% of ``cfg.lr`` at ``cfg.steps``."""
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
     t = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
     return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t)))
-
-
-class CropStream(torch.utils.data.IterableDataset):
-    """Endless training batches (image tensors, targets) made in DataLoader worker processes,
-    so that a GPU is not kept waiting by the CPU-side augmentation (about 18 ms per 256 px
-    crop on one core). Worker ``w`` draws from numpy's generator seeded with (seed, the step
-    the stream starts at, w): a run is reproducible for a given seed and worker count, and a
-    resumed run draws new crops rather than replaying the first ones. (With ``workers`` = 0
-    the crops come from the run's own generator instead, saved in every checkpoint, so a
-    resumed run continues exactly where an uninterrupted one would.)"""
-
-    def __init__(self, cfg, items, weights, synthetic, spec, start_step):
-        self.cfg, self.items, self.weights = cfg, items, weights
-        self.synthetic, self.spec, self.start_step = synthetic, spec, start_step
-
-    def __iter__(self):
-        info = torch.utils.data.get_worker_info()
-        rng = np.random.default_rng([self.cfg.seed, self.start_step, info.id if info else 0])
-        return batch_stream(self.cfg, self.items, self.weights, self.synthetic, self.spec, rng)
-
-
-def batch_stream(cfg, items, weights, synthetic, spec, rng):
-    """Endless training batches (image tensors, targets) of ``cfg.batch_size`` random crops."""
-    while True:
-        crops = [make_training_crop(pick_item(items, weights, synthetic, cfg.synthetic_share,
-                                              rng), spec, rng) for _ in range(cfg.batch_size)]
-        yield to_targets(crops, cfg.kind, spec.min_area)
-
-
-def crop_batches(cfg, items, weights, synthetic, spec, rng, start_step):
-    """Iterator of training batches: from ``cfg.workers`` processes, or made here with ``rng``."""
-    if cfg.workers > 0:
-        stream = CropStream(cfg, items, weights, synthetic, spec, start_step)
-        return iter(torch.utils.data.DataLoader(stream, batch_size=None, num_workers=cfg.workers,
-                                                prefetch_factor=4))
-    return batch_stream(cfg, items, weights, synthetic, spec, rng)
-
-
-def to_targets(crops, kind, min_area):
-    """Training crops [(image (3, S, S), labels (S, S))] -> (image tensors, targets): boxes,
-    labels and instance masks for Mask R-CNN; a foreground mask for the U-Net."""
-    images, targets = [], []
-    for img, lab in crops:
-        images.append(torch.from_numpy(img))
-        if kind == "unet":
-            targets.append({"foreground": torch.from_numpy((lab > 0).astype(np.float32))})
-            continue
-        boxes, masks = targets_from_labels(lab, min_area)
-        targets.append({
-            "boxes": torch.from_numpy(boxes),
-            "labels": torch.ones(len(boxes), dtype=torch.int64),
-            "masks": torch.from_numpy(masks),
-        })
-    return images, targets
-
-
-def validation_scale(kind, item):
-    """The scale a validation image is segmented at: its true nucleus size -> 40 px for main
-    (so the score measures the network, not the size estimate); native scale for preseg."""
-    if kind in ("main", "unet"):
-        return WORKING_DIAMETER / item.diameter
-    return 1.0
-
-
-def validate(model, items, kind, device, styles=None, confidence=0.5):
-    """DSB score (overall and per style) of a Mask R-CNN on labelled images; foreground IoU
-    for a U-Net."""
-    from ..detect import detect
-
-    from ..size import SizeEstimate, estimate_diameters
-
-    model.eval()
-    if kind == "unet":
-        return validate_unet(model, items, device, styles)
-    scores, size_ok = [], []
-    for item in items:
-        image = item.image.astype(np.float32)
-        dets = detect(model, image, validation_scale(kind, item), device, min_score=confidence)
-        labels, _, _ = dets.to_labels(confidence)
-        scores.append(score_image(item.labels, labels))
-        if kind == "preseg":
-            est = SizeEstimate.from_diameters(estimate_diameters(model, image, device, confidence))
-            size_ok.append(abs(est.median_diameter / item.diameter - 1) <= 0.2)
-    summary = summarize(scores, [i.name for i in items])
-    result = {"val_dsb": summary["dsb"], "val_f1": summary["f1"]}
-    # what "best" means: segmentation quality for main, size estimation for preseg
-    result["val_select"] = summary["dsb"]
-    if size_ok:
-        result["val_size_within20"] = float(np.mean(size_ok))
-        result["val_select"] = result["val_size_within20"] + 0.1 * summary["dsb"]
-    if styles:
-        for style in sorted(set(styles.values())):
-            s = [sc for it, sc in zip(items, scores) if styles.get(it.name) == style]
-            if s:
-                result[f"val_dsb_{style}"] = float(np.mean([x.dsb for x in s]))
-    return result
-
-
-def validate_unet(model, items, device, styles=None):
-    """Foreground IoU (probability > 0.5 vs annotated nuclei), mean over images and styles."""
-    from ..foreground import foreground_probability
-
-    ious = []
-    for item in items:
-        prob = foreground_probability(model, item.image.astype(np.float32),
-                                      validation_scale("unet", item), device)
-        fg, truth = prob > 0.5, item.labels > 0
-        union = np.logical_or(fg, truth).sum()
-        ious.append(float(np.logical_and(fg, truth).sum() / union) if union else 1.0)
-    result = {"val_fg_iou": float(np.mean(ious)), "val_select": float(np.mean(ious))}
-    for style in sorted(set((styles or {}).values())):
-        s = [v for it, v in zip(items, ious) if styles.get(it.name) == style]
-        if s:
-            result[f"val_fg_iou_{style}"] = float(np.mean(s))
-    return result
-
-
-def read_styles(folder):
-    """{image id: style} from an ``index.csv`` (columns id, style) in or above ``folder``."""
-    for candidate in (Path(folder) / "index.csv", Path(folder).parent / "index.csv"):
-        if candidate.is_file():
-            import csv
-
-            with open(candidate) as f:
-                return {r["id"]: r["style"] for r in csv.DictReader(f) if "style" in r}
-    return {}
-
-
-def read_run_log(path):
-    """The records of a run's ``log.jsonl`` as the run now stands: a run resumed from a
-    checkpoint at step S appends a start line with step S, and the lines written before it
-    for steps after S (work lost when the run stopped) are dropped, so curves and summaries
-    show each step once. Lines without a step are kept. [] when there is no log."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        if not line.strip():
-            continue
-        rec = json.loads(line)
-        if rec.get("event") == "start":
-            records = [r for r in records if r.get("step", -1) <= rec.get("step", 0)]
-        records.append(rec)
-    return records
-
-
-class RunFolder:
-    def __init__(self, out):
-        self.dir = Path(out)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.checkpoint = self.dir / "checkpoint.pt"
-        self.log = self.dir / "log.jsonl"
-
-    def append_log(self, record):
-        with open(self.log, "a") as f:
-            f.write(json.dumps(record) + "\n")
-
-    def read_log(self):
-        return read_run_log(self.log)
-
-    def save_checkpoint(self, state, rng):
-        """Write ``state`` (tensors, state dicts, numbers) plus the numpy ``rng``'s and
-        torch's random states to checkpoint.pt, atomically."""
-        state = dict(state, numpy_rng=json.dumps(rng.bit_generator.state),
-                     torch_rng=torch.get_rng_state())
-        tmp = self.checkpoint.with_suffix(".tmp")
-        torch.save(state, tmp)
-        tmp.replace(self.checkpoint)
-
-    def load_checkpoint(self, device, rng):
-        """The saved state (loaded with ``weights_only=True``: no code runs); restores the
-        numpy ``rng``'s and torch's random states."""
-        state = torch.load(self.checkpoint, map_location=device, weights_only=True)
-        rng.bit_generator.state = json.loads(state["numpy_rng"])
-        torch.set_rng_state(state["torch_rng"])
-        return state
 
 
 def network_meta(cfg, step, extra=None):
@@ -427,35 +212,3 @@ def train(cfg, resume=False, progress=None, items=None):
                             "time": time.time()})
             break
     return run.dir
-
-
-def plot_curve(run):
-    """Training loss and validation DSB against step, as ``curve.png`` in the run folder."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    log = run.read_log()
-    loss = [(r["step"], r["loss"]) for r in log if "loss" in r]
-    metric = "val_fg_iou" if any("val_fg_iou" in r for r in log) else "val_dsb"
-    val = [(r["step"], r[metric]) for r in log if metric in r]
-    if not loss:
-        return
-    fig, ax = plt.subplots(figsize=(7, 4))
-    s, l = zip(*loss)
-    ax.plot(s, l, color="tab:blue", lw=1, label="training loss")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss", color="tab:blue")
-    ax.set_yscale("log")
-    if val:
-        ax2 = ax.twinx()
-        vs, vd = zip(*val)
-        name = "foreground IoU" if metric == "val_fg_iou" else "DSB score"
-        ax2.plot(vs, vd, "o-", color="tab:red", label=f"val {name}")
-        ax2.set_ylabel(f"validation {name}", color="tab:red")
-        ax2.set_ylim(0, 1)
-    ax.set_title(run.dir.name)
-    fig.tight_layout()
-    fig.savefig(run.dir / "curve.png", dpi=90)
-    plt.close(fig)

@@ -47,8 +47,8 @@ def probe_cpu_seconds_per_step(cfg, items, steps=20, warmup=10):
 
     from bench.train_throughput import train_step
     from nucleaizer_backend.models.io import build_network
-    from nucleaizer_backend.train.loop import (crop_batches, make_optimizer, sampling_weights,
-                                               use_bf16)
+    from nucleaizer_backend.train.batches import crop_batches, sampling_weights
+    from nucleaizer_backend.train.loop import make_optimizer, use_bf16
 
     cpu = torch.device("cpu")
     torch.manual_seed(cfg.seed)
@@ -86,7 +86,7 @@ def score_folder(model, folder, every=1):
     from nucleaizer_backend.evaluate import score_image
     from nucleaizer_backend.imageio_utils import read_image
     from nucleaizer_backend.train.data import find_pairs, read_labels
-    from nucleaizer_backend.train.loop import read_styles
+    from nucleaizer_backend.train.data import read_styles
 
     styles = read_styles(folder)
     rows = []
@@ -121,7 +121,8 @@ def main():
 
     import torch
 
-    from nucleaizer_backend.train.loop import TrainConfig, train, training_items
+    from nucleaizer_backend.train.batches import training_items
+    from nucleaizer_backend.train.loop import TrainConfig, train
 
     torch.set_num_threads(args.threads)
     run = Path(args.out) / args.name

@@ -77,7 +77,8 @@ def run_unet(ctx):
 
 def _train_run(cfg, stage, report):
     """Run (or resume) a training of a fine-tune stage; returns (run folder, its log lines)."""
-    from ...train.loop import read_run_log, train
+    from ...train.loop import train
+    from ...train.runs import read_run_log
 
     try:
         run_dir = train(cfg, resume=True,

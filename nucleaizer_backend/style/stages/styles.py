@@ -25,7 +25,7 @@ def style_steps(settings, n):
 
 def run(ctx):
     from ...models.io import read_network_meta
-    from ...train.loop import read_run_log
+    from ...train.runs import read_run_log
     from ..pix2pix_train import GENERATOR_FILE, StyleTrainConfig, raw_image_to_unit, \
         train_style_model
 

@@ -1,0 +1,90 @@
+"""A training run's folder: config.json, log.jsonl (read as the run now stands after
+resumptions), checkpoint.pt (saved atomically, loaded with ``weights_only=True``) and
+curve.png."""
+import json
+from pathlib import Path
+
+import torch
+
+
+def read_run_log(path):
+    """The records of a run's ``log.jsonl`` as the run now stands: a run resumed from a
+    checkpoint at step S appends a start line with step S, and the lines written before it
+    for steps after S (work lost when the run stopped) are dropped, so curves and summaries
+    show each step once. Lines without a step are kept. [] when there is no log."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        rec = json.loads(line)
+        if rec.get("event") == "start":
+            records = [r for r in records if r.get("step", -1) <= rec.get("step", 0)]
+        records.append(rec)
+    return records
+
+
+class RunFolder:
+    def __init__(self, out):
+        self.dir = Path(out)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.checkpoint = self.dir / "checkpoint.pt"
+        self.log = self.dir / "log.jsonl"
+
+    def append_log(self, record):
+        with open(self.log, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def read_log(self):
+        return read_run_log(self.log)
+
+    def save_checkpoint(self, state, rng):
+        """Write ``state`` (tensors, state dicts, numbers) plus the numpy ``rng``'s and
+        torch's random states to checkpoint.pt, atomically."""
+        state = dict(state, numpy_rng=json.dumps(rng.bit_generator.state),
+                     torch_rng=torch.get_rng_state())
+        tmp = self.checkpoint.with_suffix(".tmp")
+        torch.save(state, tmp)
+        tmp.replace(self.checkpoint)
+
+    def load_checkpoint(self, device, rng):
+        """The saved state (loaded with ``weights_only=True``: no code runs); restores the
+        numpy ``rng``'s and torch's random states."""
+        state = torch.load(self.checkpoint, map_location=device, weights_only=True)
+        rng.bit_generator.state = json.loads(state["numpy_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        return state
+
+
+def plot_curve(run):
+    """Training loss and validation DSB against step, as ``curve.png`` in the run folder."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    log = run.read_log()
+    loss = [(r["step"], r["loss"]) for r in log if "loss" in r]
+    metric = "val_fg_iou" if any("val_fg_iou" in r for r in log) else "val_dsb"
+    val = [(r["step"], r[metric]) for r in log if metric in r]
+    if not loss:
+        return
+    fig, ax = plt.subplots(figsize=(7, 4))
+    s, l = zip(*loss)
+    ax.plot(s, l, color="tab:blue", lw=1, label="training loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss", color="tab:blue")
+    ax.set_yscale("log")
+    if val:
+        ax2 = ax.twinx()
+        vs, vd = zip(*val)
+        name = "foreground IoU" if metric == "val_fg_iou" else "DSB score"
+        ax2.plot(vs, vd, "o-", color="tab:red", label=f"val {name}")
+        ax2.set_ylabel(f"validation {name}", color="tab:red")
+        ax2.set_ylim(0, 1)
+    ax.set_title(run.dir.name)
+    fig.tight_layout()
+    fig.savefig(run.dir / "curve.png", dpi=90)
+    plt.close(fig)
