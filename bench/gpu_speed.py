@@ -72,7 +72,8 @@ def measure(device_name, image_folder, repeats, batches):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda", help="cuda (default), cpu or auto")
     ap.add_argument("--images", type=Path, default=ROOT / "example_images" / "images",
                     help="folder of images to segment (default: the bundled examples)")

@@ -94,7 +94,8 @@ def mib(packed):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("data", type=Path, help="training folder (images with their labels)")
     ap.add_argument("out", type=Path, help="output folder (created)")
     ap.add_argument("--max-mib", type=float, help="most MiB of images and labels in all; the "

@@ -11,7 +11,7 @@ the learning rate end within M minutes: a short probe run (--probe-steps steps i
 temporary folder) measures the seconds per step on this machine, one validation pass on the
 --val images is timed, and the run gets as many steps as fit in 95% of M minutes with its
 validations (every --val-every steps); --max-minutes M stays on as a safety stop. Loading the
-data and the probe (about a minute on a GPU) come on top of M.
+data, the probe and the timed validation come on top of M.
 
 RUN is an ordinary run folder of ``nucleaizer train`` (config.json, checkpoint.pt, log.jsonl,
 curve.png, best.safetensors, last.safetensors) plus ``timebox.json``: the probe's seconds per
@@ -113,7 +113,8 @@ def probe(args, items):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, required=True, help="folder of image + label pairs")
     ap.add_argument("--val", type=Path, help="folder of image + label pairs for validation")
     ap.add_argument("--out", type=Path, required=True, help="run folder (must not hold a run)")
