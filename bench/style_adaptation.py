@@ -1,11 +1,17 @@
 """The paper's NOstyle / AUTOstyle / GTstyle comparison on our data (issue 4), with H&E as
 the "new experiment" the base model has never seen.
 
-    .venv/bin/python bench/style_adaptation.py [--threads 2] [--tiny]
-    .venv/bin/python bench/style_adaptation.py --export-base   # before a session ends
+    .venv/bin/python bench/style_adaptation.py [--data ../shared/data/dsb2018] [--threads 2]
+        [--base-network FILE] [--only STAGES] [--tiny]
 
-On a 2-core CPU it ran as two one-thread lanes after the base (each --only stage is its own
-command; a stage refuses to start before what it needs is there), then one scoring run:
+--data: the DSB 2018 data set folder (index.csv with id, split, style; train/ and val/, each
+with images/<id>.png and labels/<id>.tif); the default, as for bench/run_benchmarks.py, is
+../shared/data/dsb2018 beside the repository. Run from anywhere; the runs are written under
+the repository's runs/style-bench/ (git-ignored) with paths relative to the repository root.
+
+On a 2-core CPU the stages add up to about 6 hours of one-thread work. It ran there as two
+one-thread lanes after the base (each --only stage is its own command; a stage refuses to
+start before what it needs is there), then one scoring run:
 
     B=".venv/bin/python bench/style_adaptation.py --threads 1 --only"
     ($B preseg_fluo && $B autostyle && $B autostyle_transductive) &
@@ -16,11 +22,16 @@ Resumable: every stage writes into runs/style-bench/ and is skipped when done, s
 the command continues (training stages resume from their checkpoints). Results go to
 bench/results/style_adaptation.json; bench/report.py renders them into BENCHMARKS.md.
 
-runs/ does not outlive a session on the project's machines, so the base network (the longest
-stage) can be carried over: ``--export-base`` writes the base run's latest checkpoint as an
-fp16 network file to bench/models/style_base_fluo.safetensors (commit it), and a later run
-continues the base training from that file (fresh optimiser, short warm-up, the learning rate
-the cosine schedule had reached) for the remaining steps.
+The base Mask R-CNN (the longest stage, 4000 steps from scratch on the fluorescence train
+images) is kept in a cache: when its run finishes, its network is written to
+bench/cache/style_base_fluo.safetensors (git-ignored), and a later run after runs/style-bench/
+was removed takes the base from there instead of training it again. ``--base-network FILE``
+takes it from another file (a copy of the cache from another machine, say): a finished base,
+or one stopped part-way (its metadata's ``partial_of`` gives the planned steps), which is
+trained on for the remaining steps (fresh optimiser, short warm-up, the learning rate the
+cosine schedule had reached). With neither, the base is trained from scratch. (The results
+in BENCHMARKS.md were measured with a base trained so in two parts, 2250 + 1750 steps; the
+log of the first part is docs/training/style-bench-base/.)
 
 Models, all scored on the H&E and the fluorescence images of the val split (automatic size,
 shipped post-processing values):
@@ -50,6 +61,7 @@ erases the detections of that style (p6), which the first run of this benchmark 
 import argparse
 import csv
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -60,10 +72,13 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-DATA = ROOT.parent / "shared" / "data" / "dsb2018"
-WORK = ROOT / "runs" / "style-bench"
+# Paths relative to the repository root (main() works there), so that the training runs'
+# records (config.json, network metadata) hold no absolute paths.
+DATA = Path("..") / "shared" / "data" / "dsb2018"  # the default of --data
+WORK = Path("runs") / "style-bench"
 RESULTS = ROOT / "bench" / "results" / "style_adaptation.json"
-CARRIED_BASE = ROOT / "bench" / "models" / "style_base_fluo.safetensors"
+CACHE = Path("bench") / "cache"  # git-ignored
+BASE_CACHE_NAME = "style_base_fluo{}.safetensors"  # {}: "" or "_tiny"
 BASE_LR, BASE_WARMUP = 1.5e-3, 300
 
 STAGES = ("base", "preseg_fluo", "unet_fluo", "nostyle", "nostyle_unet", "upper_bound",
@@ -101,46 +116,66 @@ def train_stage(name, steps, threads, kind="main", **kwargs):
     done = out / "done.json"
     if done.is_file():
         return last
+    resume = (out / "checkpoint.pt").is_file()
+    if resume:  # as many steps as the run was started with (a continued base: fewer)
+        steps = json.loads((out / "config.json").read_text())["steps"]
     cfg = TrainConfig(data=str(DATA / "train"), out=str(out), kind=kind, steps=steps,
                       threads=threads, device="cpu", checkpoint_every=250, **kwargs)
     t0 = time.time()
-    train(cfg, resume=(out / "checkpoint.pt").is_file())
+    train(cfg, resume=resume)
     done.write_text(json.dumps({"seconds_this_run": time.time() - t0}))
     return last
 
 
-def export_base():
-    """The base run's latest checkpoint -> CARRIED_BASE (fp16 network file with its step)."""
-    import torch
-
-    from nucleaizer_backend.models.io import build_network, save_network
-    from nucleaizer_backend.train.loop import TrainConfig, network_meta
-
-    run = WORK / "base"
-    state = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)
-    cfg = TrainConfig(**json.loads((run / "config.json").read_text()))
-    net = build_network("main", cfg.architecture)
-    net.load_state_dict(state["model"])
-    save_network(net, CARRIED_BASE, network_meta(cfg, int(state["step"]),
-                                                 {"styles": cfg.styles, "partial_of": cfg.steps}))
-    print(f"{CARRIED_BASE}: base at step {state['step']} of {cfg.steps}")
+def base_cache(tiny):
+    return CACHE / BASE_CACHE_NAME.format("_tiny" if tiny else "")
 
 
-def base_stage(base_steps, threads, tiny):
-    """The fluorescence-only base network: from scratch, or continued from CARRIED_BASE."""
+def cache_base(base_steps, tiny):
+    """The finished base network -> the cache, its metadata saying all ``base_steps``."""
+    from nucleaizer_backend.models.io import load_network, read_network_meta, save_network
+
+    last = WORK / "base" / "last.safetensors"
+    net, _ = load_network(last)
+    meta = {k: v for k, v in read_network_meta(last).items()
+            if k not in ("architecture", "partial_of")}
+    save_network(net, base_cache(tiny), dict(meta, steps=base_steps))
+    print(f"{base_cache(tiny)}: the base network, for later runs")
+
+
+def base_stage(base_steps, threads, tiny, base_network=None):
+    """The fluorescence-only base network: from ``base_network`` (or the cache) when given,
+    continued when it stopped part-way; else trained from scratch and then cached."""
     import math
 
     from nucleaizer_backend.models.io import read_network_meta
 
+    if finished("base"):
+        if not base_cache(tiny).is_file():
+            cache_base(base_steps, tiny)
+        return WORK / "base" / "last.safetensors"
     val = dict(val=str(DATA / "val"), val_every=1000, val_limit=TINY["val"] if tiny else None)
-    if not tiny and CARRIED_BASE.is_file() and not (WORK / "base" / "checkpoint.pt").is_file():
-        done = int(read_network_meta(CARRIED_BASE)["steps"])
+    source = base_network or (base_cache(tiny) if base_cache(tiny).is_file() else None)
+    if source and not (WORK / "base" / "checkpoint.pt").is_file():
+        meta = read_network_meta(source)
+        done, planned = int(meta["steps"]), int(meta.get("partial_of") or meta["steps"])
+        if planned != base_steps:
+            sys.exit(f"{source}: a base of {planned} steps; this benchmark's has {base_steps}")
+        if done >= base_steps:  # a finished base: taken as it is
+            (WORK / "base").mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, WORK / "base" / "last.safetensors")
+            (WORK / "base" / "done.json").write_text(json.dumps({"from": str(source)}))
+            print(f"base: {source} (step {done} of {base_steps})")
+            return WORK / "base" / "last.safetensors"
         t = min(1.0, (done - BASE_WARMUP) / (base_steps - BASE_WARMUP))
         lr = BASE_LR * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t)))
-        return train_stage("base", base_steps - done, threads, styles=["fluo"], lr=lr,
-                           warmup=50, init=str(CARRIED_BASE), **val)
-    return train_stage("base", base_steps, threads, styles=["fluo"], lr=BASE_LR,
-                       warmup=min(BASE_WARMUP, base_steps), **val)
+        last = train_stage("base", base_steps - done, threads, styles=["fluo"], lr=lr,
+                           warmup=50, init=str(source), **val)
+    else:
+        last = train_stage("base", base_steps, threads, styles=["fluo"], lr=BASE_LR,
+                           warmup=min(BASE_WARMUP, base_steps), **val)
+    cache_base(base_steps, tiny)
+    return last
 
 
 def finished(name):
@@ -238,22 +273,39 @@ def score(name, model, val_rows, tiny):
     return out
 
 
-def main():
+def from_root(path):
+    """``path`` (relative to the working directory) relative to the repository root."""
+    return Path(os.path.relpath(Path(path).resolve(), ROOT))
+
+
+def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, help="DSB 2018 data set folder (index.csv, train/, "
+                    "val/; default: ../shared/data/dsb2018 beside the repository)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--tiny", action="store_true", help="plumbing check with tiny settings "
                     "(writes to runs/style-bench-tiny, no results file)")
-    ap.add_argument("--export-base", action="store_true", help="write the base run's latest "
-                    "checkpoint to bench/models/ (to carry it over to a later session)")
+    ap.add_argument("--base-network", type=Path, help="fluorescence-only base network file to "
+                    "start from (default: bench/cache/style_base_fluo.safetensors when there "
+                    "is one, else the base is trained)")
     ap.add_argument("--only", default=",".join(STAGES), help="comma-separated stages to run "
                     f"(default all: {','.join(STAGES)}); 'score' scores every finished model")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     only = set(args.only.split(","))
     if only - set(STAGES):
         ap.error(f"unknown stage(s) {sorted(only - set(STAGES))}; stages: {','.join(STAGES)}")
-    if args.export_base:
-        return export_base()
-    global WORK
+    global DATA, WORK
+    if args.data and not (args.data / "index.csv").is_file():
+        sys.exit(f"{args.data}: no index.csv (--data: the DSB 2018 data set folder)")
+    if args.base_network and not args.base_network.is_file():
+        sys.exit(f"{args.base_network}: no such network file")
+    if args.data:
+        DATA = from_root(args.data)
+    base_network = from_root(args.base_network) if args.base_network else None
+    os.chdir(ROOT)
+    if not (DATA / "index.csv").is_file():
+        sys.exit(f"{DATA} (the default, from the repository root): no index.csv; give the "
+                 "DSB 2018 data set folder with --data")
     if args.tiny:
         WORK = WORK.with_name("style-bench-tiny")
     WORK.mkdir(parents=True, exist_ok=True)
@@ -269,7 +321,7 @@ def main():
     t0 = time.time()
     base = WORK / "base" / "last.safetensors"
     if "base" in only:
-        base = base_stage(base_steps, args.threads, args.tiny)
+        base = base_stage(base_steps, args.threads, args.tiny, base_network)
         timings["base"] = time.time() - t0
     if not finished("base"):
         sys.exit("the base network is not trained yet: run with --only base first")

@@ -24,7 +24,7 @@ REFINE_DIAMETER = 32.0
 COMFORT_RANGE = (18.0, 70.0)  # px at the scale preseg ran at
 SEARCH_SCALES = (2.5, 0.4)  # tried when the native scale finds fewer than MIN_NUCLEI
 # chosen on 482 train images (within +-20%: 92.5% with every detection, 92.9% at 0.9, 92.7% at
-# 0.88, 92.1% at 0.92), then checked on val (docs/training/experiments/size-estimate-variants.md)
+# 0.88, 92.1% at 0.92), then checked on val (research/experiments/size-estimate-variants.md)
 SINGLE_SOLIDITY = 0.9
 
 

@@ -1,7 +1,13 @@
 """Build the shipped replay set: a compact sample of the original annotated training data.
 
-    python scripts/build_replay_set.py [--data /work/shared/data/dsb2018/train]
-        [--out nucleaizer_backend/weights/replay] [--fluo 34] [--he 14] [--max-side 512]
+    python scripts/build_replay_set.py --data DATA [--out nucleaizer_backend/weights/replay]
+        [--fluo 34] [--he 14] [--max-side 512]
+
+DATA is an annotated data set folder: ``index.csv`` (columns id, split, style, height, width,
+nuclei, median_diameter_px; style ``fluo`` or ``he``) and ``train/images/<id>.png`` with
+``train/labels/<id>.tif`` (uint16 instance labels). The shipped set was built, from the
+repository root, with ``--data ../shared/data/dsb2018`` (the DSB 2018 data the benchmarks
+use, kept beside the repository; not shipped).
 
 Style adaptation fine-tunes the main network on the original annotated data plus synthetic
 pairs in the new style (METHOD.md section 4 step 6), so that the network learns the new style
@@ -37,14 +43,13 @@ from nucleaizer_backend.imageio_utils import read_image, write_labels  # noqa: E
 from nucleaizer_backend.labels import equivalent_diameters, relabel_sequential  # noqa: E402
 from nucleaizer_backend.train.data import read_labels  # noqa: E402
 
-DSB = Path("/work/shared/data/dsb2018")
 DEFAULT_OUT = ROOT / "nucleaizer_backend" / "weights" / "replay"
 
 README = """# Replay set
 
 {n} annotated images ({n_fluo} fluorescence, {n_he} H&E-like brightfield) from the DSB 2018
 stage-1 training set with corrected annotations (Broad Bioimage Benchmark Collection BBBC038;
-CC0 1.0, public domain), train split of the project's data (`../shared/data/dsb2018/train`),
+CC0 1.0, public domain), train split of the project's data (`{source}`),
 selected by `scripts/build_replay_set.py` (spread over nucleus sizes, small images preferred,
 images larger than {side} px cropped to at most {side}x{side}).
 
@@ -104,17 +109,22 @@ def to_stored_image(image):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=DSB / "train", help="folder of images/ + labels/")
-    ap.add_argument("--index", type=Path, default=DSB / "index.csv")
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    ap.add_argument("--data", type=Path, required=True,
+                    help="data set folder: index.csv and train/images, train/labels")
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                    help="output folder (default: the package's weights/replay)")
     ap.add_argument("--fluo", type=int, default=34, help="fluorescence images")
     ap.add_argument("--he", type=int, default=14, help="H&E-like brightfield images")
     ap.add_argument("--max-side", type=int, default=512)
     args = ap.parse_args(argv)
     import imageio.v3 as iio
 
+    index, train = args.data / "index.csv", args.data / "train"
+    if not index.is_file() or not (train / "images").is_dir():
+        sys.exit(f"{args.data}: not a data set folder (needs index.csv and train/images, "
+                 "train/labels)")
     t0 = time.time()
-    with open(args.index, newline="") as f:
+    with open(index, newline="") as f:
         rows = [r for r in csv.DictReader(f) if r["split"] == "train"]
     chosen = pick([r for r in rows if r["style"] == "fluo"], args.fluo) + \
         pick([r for r in rows if r["style"] == "he"], args.he)
@@ -124,8 +134,8 @@ def main(argv=None):
         old.unlink()
     out_rows = []
     for r in chosen:
-        image = read_image(args.data / "images" / f"{r['id']}.png")
-        labels = read_labels(args.data / "labels" / f"{r['id']}.tif")
+        image = read_image(train / "images" / f"{r['id']}.png")
+        labels = read_labels(train / "labels" / f"{r['id']}.tif")
         crop = ""
         if max(labels.shape) > args.max_side:
             y0, x0, wh, ww = best_window(labels, args.max_side)
@@ -146,7 +156,8 @@ def main(argv=None):
         w.writeheader()
         w.writerows(out_rows)
     (args.out / "README.md").write_text(README.format(
-        n=len(out_rows), n_fluo=args.fluo, n_he=args.he, side=args.max_side))
+        n=len(out_rows), n_fluo=args.fluo, n_he=args.he, side=args.max_side,
+        source=train.as_posix()))
     size = sum(p.stat().st_size for p in args.out.rglob("*") if p.is_file())
     print(f"{args.out}: {len(out_rows)} images, {size / 1e6:.2f} MB, {time.time() - t0:.0f} s")
 

@@ -27,4 +27,4 @@ exec env PYTHONPATH="$OVERLAY" .venv/bin/python -m pytest -q -p no:cacheprovider
   tests/test_backend_preprocess.py tests/test_backend_segment.py tests/test_backend_labels.py \
   tests/test_backend_metrics.py tests/test_backend_tiling.py tests/test_backend_model.py \
   tests/test_backend_errors.py tests/test_backend_refine.py tests/test_backend_train.py \
-  tests/test_cli.py tests/test_device_train_script.py "$@"
+  tests/test_cli.py tests/test_train_timeboxed.py tests/test_gpu_speed.py "$@"
