@@ -24,7 +24,8 @@ PYTHONPATH="$OVERLAY" .venv/bin/python -c "import numpy, scipy, skimage, torch; 
     f'[numpy2] numpy {numpy.__version__}, scipy {scipy.__version__}, '
     f'scikit-image {skimage.__version__}, torch {torch.__version__}')" >&2
 exec env PYTHONPATH="$OVERLAY" .venv/bin/python -m pytest -q -p no:cacheprovider \
-  tests/test_backend_preprocess.py tests/test_backend_segment.py tests/test_backend_labels.py \
-  tests/test_backend_metrics.py tests/test_backend_tiling.py tests/test_backend_model.py \
-  tests/test_backend_errors.py tests/test_backend_refine.py tests/test_backend_train.py \
-  tests/test_cli.py tests/test_train_timeboxed.py tests/test_gpu_speed.py "$@"
+  tests/backend/test_backend_preprocess.py tests/backend/test_backend_segment.py \
+  tests/backend/test_backend_labels.py tests/backend/test_backend_inference.py tests/backend/test_backend_pairing.py \
+  tests/backend/test_backend_metrics.py tests/backend/test_backend_tiling.py tests/backend/test_backend_model.py \
+  tests/backend/test_backend_errors.py tests/backend/test_backend_refine.py tests/backend/test_backend_train.py \
+  tests/backend/test_cli.py tests/tools/test_train_timeboxed.py tests/tools/test_gpu_speed.py "$@"

@@ -5,7 +5,7 @@ on three images). A refactoring of the inference path must leave every label ima
 A fingerprint is (objects, diameter in px rounded to 0.01, sum of the detection scores
 rounded to 0.001, sha256 prefix of the label image renumbered in raster order). Regenerate
 the table after an *intended* change of results with
-``python tests/test_backend_pipeline_pinned.py`` (and say why in the commit).
+``python tests/backend/test_backend_pipeline_pinned.py`` (and say why in the commit).
 """
 import hashlib
 from pathlib import Path
@@ -16,7 +16,7 @@ import pytest
 from nucleaizer_backend import segment_image
 from nucleaizer_backend.imageio_utils import read_image
 
-IMAGES = Path(__file__).resolve().parents[1] / "example_images" / "images"
+IMAGES = Path(__file__).resolve().parents[2] / "example_images" / "images"
 TTA_IMAGE = "fluo_0e5edb072788"
 # TTA's merged scores (means over the versions) fall below the confidence on these
 TTA_IMAGES = (TTA_IMAGE, "he_420f43d21dba", "he_4d14a3629b6a")

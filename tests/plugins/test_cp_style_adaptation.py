@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PLUGINS = REPO / "plugins"
 IMAGES = REPO / "example_images" / "images"
 PIPELINES = REPO / "example_pipelines"

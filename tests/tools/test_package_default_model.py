@@ -9,7 +9,7 @@ from pathlib import Path
 
 from nucleaizer_backend.models.io import DEFAULT_MODEL_DIR
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "package_default_model.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "package_default_model.py"
 
 
 def test_lineage_and_resumed_log(tmp_path):

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "gpu_speed.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "gpu_speed.py"
 
 
 def test_timing_on_cpu(tmp_path, example_images_dir):

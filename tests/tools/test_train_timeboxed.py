@@ -12,7 +12,7 @@ from pathlib import Path
 from nucleaizer_backend.models.io import read_network_meta
 from nucleaizer_backend.train.runs import read_run_log
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "train_timeboxed.py"
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
 

@@ -17,7 +17,7 @@ from nucleaizer_backend.imageio_utils import read_image, write_labels
 from nucleaizer_backend.train.data import load_dataset, read_labels
 from nucleaizer_backend.train.data import read_styles
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "pack_training_data.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "pack_training_data.py"
 
 
 def make_split(root, rng):
