@@ -116,7 +116,7 @@ def _tuning(tun):
            "true size: 0.487 without post-processing, 0.350 with the paper's U-Net values "
            "alone). " + _cv_gap_text(gap) + " The shipped values are those of 'Model measured' "
            "above, scored in the Accuracy section. Values tuned on train images instead do "
-           "not transfer (docs/training/experiments/postprocess-tuned-on-train.md).", ""]
+           "not transfer (research/experiments/postprocess-tuned-on-train.md).", ""]
     return out
 
 
@@ -156,7 +156,7 @@ def _style_adaptation(res):
            "bound). The last column leaves the U-Net out (detection + rules only): it shows "
            "what a U-Net that has never seen H&E does to H&E detections (the first run of this "
            "benchmark, before adaptation fine-tuned the U-Net: "
-           "docs/training/experiments/style-bench-unet-confound.md). Schedules: "
+           "research/experiments/style-bench-unet-confound.md). Schedules: "
            f"{st.get('finetune_steps', '?')} fine-tune steps and {st.get('unet_steps', '?')} "
            "U-Net steps for every fine-tuned model, quick preset otherwise.", "",
            "| model | DSB H&E val | DSB fluo val | DSB H&E val, no U-Net |", "|---|---|---|---|"]
@@ -177,7 +177,7 @@ def _style_adaptation(res):
     if "autostyle_2rounds" not in sc:
         out += ["Two adaptation rounds (`--iterations 2`) are not in the table: the one run so "
                 "far made its round-2 masks with a round-1 model whose U-Net had not been "
-                "adapted yet, so it does not measure the method (docs/training/experiments/"
+                "adapted yet, so it does not measure the method (research/experiments/"
                 "style-bench-unet-confound.md).", ""]
     out += _style_goal(sc)
     return out
@@ -196,7 +196,7 @@ def _adapt_speed(res):
             f"{res['styles']} styles ({res['styles_learned']} with a style model), "
             f"{res['synthetic_pairs']} synthetic pairs, {res['finetune_steps']} fine-tune steps; "
             f"peak memory {res['peak_rss_mb']:.0f} MB. Per stage: {stages}.",
-            "", "No GPU was available to this task, so the GPU time is not measured yet.", ""]
+            "", "The GPU time is not measured yet.", ""]
 
 
 def _style_goal(sc):
@@ -394,8 +394,8 @@ def render(results, references, current_weights=None):
                 f"{_median([r['segment_s'] for r in speed['per_image'] if r['diameter'] < 35]):.2f} s; "
                 f"over those with larger nuclei: "
                 f"{_median([r['segment_s'] for r in speed['per_image'] if r['diameter'] >= 35]):.2f} s).",
-                "", "No GPU was available to this task, so GPU throughput is not measured yet "
-                "(`scripts/device_train_main.py` measures it in its first step when one is).", "",
+                "", "GPU throughput is not measured here yet: `python bench/gpu_speed.py --device "
+                "cuda` measures it on a machine with a GPU.", "",
                 "| image | diameter used (px) | scale | nuclei | segment (s) | IdentifyPrimaryObjects (s) |",
                 "|---|---|---|---|---|---|"]
         for r in speed["per_image"]:
