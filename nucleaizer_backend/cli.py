@@ -139,7 +139,7 @@ def cmd_train(args):
     return 0
 
 
-def _annotations_for(inputs, folder):
+def annotations_for(inputs, folder):
     """{image name: label file} of the label images of ``folder`` (pairing.label_files)
     named like one of the images given as ``inputs``: a folder of labels may hold more
     images than are adapted to. Those left out are named on stderr; none matching is an
@@ -175,7 +175,7 @@ def cmd_adapt(args):
                       replay_styles=args.replay_styles.split(",") if args.replay_styles else None,
                       iterations=args.iterations, masks_from=args.masks_from,
                       min_reliable_share=args.min_reliable_share, seed=args.seed, threads=args.threads, device=args.device)
-    annotations = _annotations_for(args.inputs, args.annotations) if args.annotations else None
+    annotations = annotations_for(args.inputs, args.annotations) if args.annotations else None
     bar = _progress_bar(1, "adapt")
     state = {"stage": None}
 

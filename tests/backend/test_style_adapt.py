@@ -578,15 +578,15 @@ def test_cli_adapt_errors_are_one_line(tmp_path, capsys, two_images, example_ima
 def test_cli_annotations_folder_may_hold_more_images(capsys, two_images, example_images_dir):
     """A labels folder of a whole data set serves an adaptation to some of its images: the
     matching label files are used, the others named on stderr."""
-    from nucleaizer_backend.cli import _annotations_for
+    from nucleaizer_backend.cli import annotations_for
 
-    used = _annotations_for(two_images, example_images_dir / "labels")
+    used = annotations_for(two_images, example_images_dir / "labels")
     assert sorted(used) == ["fluo_0e5edb072788", "he_420f43d21dba"]
     assert used["he_420f43d21dba"] == example_images_dir / "labels" / "he_420f43d21dba.tif"
     err = capsys.readouterr().err
     assert "2 of the 5 label images" in err and "3 have no target image" in err
     assert "fluo_5bb8508ff8ec" in err
-    _annotations_for([example_images_dir / "images"], example_images_dir)  # DIR/labels too
+    annotations_for([example_images_dir / "images"], example_images_dir)  # DIR/labels too
     assert capsys.readouterr().err == ""
 
 
