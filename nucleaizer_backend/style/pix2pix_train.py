@@ -21,10 +21,9 @@ the discriminator's loss halved) plus ``lambda_l1`` x L1 for the generator. Adam
 (0.5, 0.999); learning rate constant for the first half of the steps, then decaying linearly
 towards 0 (pix2pix's ``niter`` + ``niter_decay``).
 """
-import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,12 +31,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..device import resolve_device
 from ..models.io import load_network_of_kind, save_network
 from ..models.pix2pix import (Pix2PixConfig, build_discriminator, build_generator,
                               gan_to_image, image_to_gan, mask_to_input)
 from ..preprocess import to_hwc
-from ..train.runs import RunFolder
+from ..train.runs import RunFolder, seeded_start
 
 GENERATOR_FILE = "generator.safetensors"
 
@@ -198,20 +196,11 @@ def train_style_model(pairs, out_dir, cfg=None, resume=False, progress=None):
     cfg = cfg or StyleTrainConfig()
     pairs = _check_pairs(pairs)
     run = RunFolder(out_dir)
-    config_file = run.dir / "config.json"
     resuming = resume and run.checkpoint.is_file()
-    if resuming:
-        cfg = StyleTrainConfig(**{**json.loads(config_file.read_text()), "steps": cfg.steps,
-                                  "threads": cfg.threads, "device": cfg.device})
-    elif run.checkpoint.is_file():
-        raise FileExistsError(f"{run.dir} holds a style-model run already: resume it, or use "
-                              "another folder")
-    config_file.write_text(json.dumps(asdict(cfg), indent=1))
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
-    device = resolve_device(cfg.device)
+    cfg = run.begin(cfg, resume, ("steps", "threads", "device"),
+                    f"{run.dir} holds a style-model run already: resume it, or use another "
+                    "folder")
+    rng, device = seeded_start(cfg)
 
     p2p = cfg.pix2pix()
     lr0 = p2p.lr if cfg.lr is None else cfg.lr

@@ -8,21 +8,23 @@ and validation lines), ``curve.png``, ``last.safetensors`` and ``best.safetensor
 network files; best = highest validation DSB score for main; for preseg, the most val images
 whose size estimate is within 20%, DSB breaking ties; for unet, the foreground IoU).
 """
-import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from ..device import resolve_device
 from ..models.io import build_network, save_network
 from .augment import PRESEG_RANGE, WORKING_DIAMETER, CropSpec
 from .batches import crop_batches, sampling_weights, training_items
 from .data import load_dataset, read_styles
-from .runs import RunFolder, plot_curve
+from .runs import RunFolder, plot_curve, seeded_start
 from .validate import validate
+
+
+#: what a call may change when it resumes a run: its length and the machine settings
+CALL_FIELDS = ("steps", "threads", "device", "workers", "max_minutes", "precision")
 
 
 @dataclass
@@ -115,21 +117,9 @@ def train(cfg, resume=False, progress=None, items=None):
     in several calls (loaded here when None). Returns the run folder path.
     """
     run = RunFolder(cfg.out)
-    config_file = run.dir / "config.json"
-    if resume and run.checkpoint.is_file():
-        # the run's recipe, with this call's length and machine settings
-        cfg = TrainConfig(**{**json.loads(config_file.read_text()), "steps": cfg.steps,
-                             "threads": cfg.threads, "device": cfg.device,
-                             "workers": cfg.workers, "max_minutes": cfg.max_minutes,
-                             "precision": cfg.precision})
-    elif run.checkpoint.is_file():
-        raise FileExistsError(f"{run.dir} holds a run already: use --resume, or another --out")
-    config_file.write_text(json.dumps(asdict(cfg), indent=1))
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
-    device = resolve_device(cfg.device)
+    cfg = run.begin(cfg, resume, CALL_FIELDS,
+                    f"{run.dir} holds a run already: use --resume, or another --out")
+    rng, device = seeded_start(cfg)
 
     spec = cfg.crop_spec()  # also refuses an unknown kind before anything is loaded
     model = build_network(cfg.kind, cfg.architecture)

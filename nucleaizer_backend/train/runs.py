@@ -2,9 +2,13 @@
 resumptions), checkpoint.pt (saved atomically, loaded with ``weights_only=True``) and
 curve.png."""
 import json
+from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import torch
+
+from ..device import resolve_device
 
 
 def read_run_log(path):
@@ -33,6 +37,20 @@ class RunFolder:
         self.checkpoint = self.dir / "checkpoint.pt"
         self.log = self.dir / "log.jsonl"
 
+    def begin(self, cfg, resume, call_fields, in_use):
+        """The config the run goes on with, written to config.json: with ``resume`` and a
+        checkpoint, the stored recipe updated with this call's ``call_fields`` of ``cfg``
+        (run length, machine settings); otherwise ``cfg`` itself, and FileExistsError with
+        the message ``in_use`` when the folder holds a run already."""
+        config_file = self.dir / "config.json"
+        if resume and self.checkpoint.is_file():
+            stored = json.loads(config_file.read_text())
+            cfg = type(cfg)(**{**stored, **{k: getattr(cfg, k) for k in call_fields}})
+        elif self.checkpoint.is_file():
+            raise FileExistsError(in_use)
+        config_file.write_text(json.dumps(asdict(cfg), indent=1))
+        return cfg
+
     def append_log(self, record):
         with open(self.log, "a") as f:
             f.write(json.dumps(record) + "\n")
@@ -56,6 +74,15 @@ class RunFolder:
         rng.bit_generator.state = json.loads(state["numpy_rng"])
         torch.set_rng_state(state["torch_rng"])
         return state
+
+
+def seeded_start(cfg):
+    """torch's threads (``cfg.threads``) and seed, and a numpy generator, from ``cfg.seed``;
+    returns (numpy generator, torch device of ``cfg.device``)."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    return np.random.default_rng(cfg.seed), resolve_device(cfg.device)
 
 
 def plot_curve(run):
