@@ -2,11 +2,14 @@
 train, adapt, tune and evaluate (cli.py runs them)."""
 import argparse
 
+from . import __version__
+
 DESCRIPTION = "The nucleaizer command: segment, estimate-size, train, adapt, tune, evaluate."
 
 
 def build_parser():
     p = argparse.ArgumentParser(prog="nucleaizer", description=DESCRIPTION)
+    p.add_argument("--version", action="version", version=f"nucleaizer {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     def model_args(sp):

@@ -260,3 +260,12 @@ def test_console_script_segment(example_images_dir, tmp_path, subprocess_env):
     rows = read_csv(out / "summary.csv")
     assert [row["image"] for row in rows] == ["corrupt.png", "fluo_0e5edb072788.png"]
     assert rows[0]["error"] and not rows[1]["error"]
+
+
+def test_version(capsys):
+    import nucleaizer_backend
+
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.strip() == f"nucleaizer {nucleaizer_backend.__version__}"
