@@ -74,16 +74,6 @@ def build_variant(name, seed):
     return model, optimizer, use_bf16(precision, cpu), workers
 
 
-def train_step(model, optimizer, bf16, images, targets):
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        losses = model(images, targets)
-    loss = sum(v.float() for v in losses.values())
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return loss.item()
-
-
 def measure_speed(items, threads, warmup=20, rounds=5, steps_per_turn=8, seed=0,
                   progress=log_line):
     """Seconds per step of each variant at ``threads`` torch threads: runs every variant for
@@ -92,7 +82,7 @@ def measure_speed(items, threads, warmup=20, rounds=5, steps_per_turn=8, seed=0,
     CPU time is the training process's (all its threads; not the crop worker's): on a
     machine shared with other jobs it changes far less than wall time."""
     from nucleaizer_backend.train.batches import crop_batches, sampling_weights
-    from nucleaizer_backend.train.loop import TrainConfig
+    from nucleaizer_backend.train.loop import TrainConfig, optimisation_step
 
     torch.set_num_threads(threads)
     cfg = TrainConfig(data="", out="", kind="main", seed=seed)
@@ -102,6 +92,7 @@ def measure_speed(items, threads, warmup=20, rounds=5, steps_per_turn=8, seed=0,
     for name, _ in VARIANTS:
         model, opt, bf16, workers = build_variant(name, seed)
         runs[name] = {"model": model, "opt": opt, "bf16": bf16, "workers": workers,
+                      "params": [p for p in model.parameters() if p.requires_grad],
                       "rng": np.random.default_rng(seed), "step": 0, "times": [], "cpu": []}
 
     def turn(run, n, timed):
@@ -109,7 +100,9 @@ def measure_speed(items, threads, warmup=20, rounds=5, steps_per_turn=8, seed=0,
         batches = crop_batches(c, items, weights, [], spec, run["rng"], run["step"])
         t0, c0 = time.perf_counter(), time.process_time()
         for _ in range(n):
-            train_step(run["model"], run["opt"], run["bf16"], *next(batches))
+            images, targets = next(batches)
+            optimisation_step(run["model"], run["opt"], run["params"], images, targets,
+                              run["bf16"])
             run["step"] += 1
         if timed:
             run["times"].append((time.perf_counter() - t0) / n)

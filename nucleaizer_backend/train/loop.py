@@ -3,7 +3,9 @@ refinement U-Net (kind ``unet``, trained at the main network's 40 px working sca
 
 A run folder holds everything needed to continue and to judge a run:
 ``config.json``, ``checkpoint.pt`` (weights, optimiser, step, random states; written every
-``checkpoint_every`` steps and loaded with ``weights_only=True``), ``log.jsonl`` (loss lines
+``checkpoint_every`` steps and loaded with ``weights_only=True``), ``resume.safetensors`` (the
+same weights in fp16 with the step: a compact form to keep or move, from which ``--resume``
+continues when checkpoint.pt is gone), ``log.jsonl`` (loss lines
 and validation lines), ``curve.png``, ``last.safetensors`` and ``best.safetensors`` (fp16
 network files; best = highest validation DSB score for main; for preseg, the most val images
 whose size estimate is within 20%, DSB breaking ties; for unet, the foreground IoU).
@@ -95,6 +97,57 @@ def learning_rate(cfg, step):
     return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
+REWARM_STEPS = 100  # after a resume from resume.safetensors (fresh optimiser moments)
+
+
+def rewarm_factor(step, rewarm_from):
+    """Learning-rate factor after a resume without optimiser state: 0 -> 1 linearly over
+    REWARM_STEPS steps from ``rewarm_from`` (1 when None: a normal run), so that Adam's fresh
+    moments do not take full-size steps at once."""
+    if rewarm_from is None:
+        return 1.0
+    return min(1.0, (step - rewarm_from + 1) / REWARM_STEPS)
+
+
+def optimisation_step(model, optimizer, params, images, targets, bf16):
+    """One step on a batch: losses (bf16 autocast when ``bf16``), backward, gradient norm
+    clipped to 10, AdamW; a batch whose loss is not finite changes nothing. Returns the
+    losses as floats, with their sum as "loss"."""
+    with torch.autocast(images[0].device.type, dtype=torch.bfloat16, enabled=bf16):
+        losses = model(images, targets)
+    losses = {k: v.float() for k, v in losses.items()}
+    loss = sum(losses.values())
+    optimizer.zero_grad(set_to_none=True)
+    if torch.isfinite(loss):
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 10.0)
+        optimizer.step()
+    return {k: v.item() for k, v in losses.items()} | {"loss": loss.item()}
+
+
+def resume_state(run, model, optimizer, device, rng):
+    """Load what a run folder holds to continue from into ``model``, ``optimizer`` and
+    ``rng``: checkpoint.pt (everything), else resume.safetensors (fp16 weights and the step:
+    the compact form that can be kept or moved where checkpoint.pt, 4x larger, cannot; the
+    optimiser starts afresh, with a short learning-rate re-warm-up). Returns (step, best
+    validation score, step the re-warm-up starts at or None); (0, -1, None) for a new run."""
+    if run.checkpoint.is_file():
+        state = run.load_checkpoint(device, rng)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        return int(state["step"]), float(state["best"]), None
+    if run.compact.is_file():
+        from ..models.io import load_network
+
+        network, meta = load_network(run.compact)
+        model.load_state_dict(network.state_dict())
+        step = int(meta["steps"])
+        run.append_log({"event": "resumed from resume.safetensors (optimiser reset)",
+                        "step": step})
+        return step, float(meta.get("best", -1.0)), step
+    return 0, -1.0, None
+
+
 def network_meta(cfg, step, extra=None):
     meta = {
         "kind": cfg.kind,
@@ -131,12 +184,8 @@ def train(cfg, resume=False, progress=None, items=None):
     model.to(device, memory_format=torch.channels_last)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, cfg, device)
-    step, best = 0, -1.0
-    if resume and run.checkpoint.is_file():
-        state = run.load_checkpoint(device, rng)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        step, best = int(state["step"]), float(state["best"])
+    step, best, rewarm_from = resume_state(run, model, optimizer, device, rng) if resume \
+        else (0, -1.0, None)
 
     train_items = training_items(cfg) if items is None else items
     synthetic_items = [it for it in load_dataset(cfg.synthetic) if np.isfinite(it.diameter)] \
@@ -155,23 +204,15 @@ def train(cfg, resume=False, progress=None, items=None):
     use_amp = use_bf16(cfg.precision, device)  # bf16 autocast: no loss scaling needed
     while step < cfg.steps:
         model.train()
-        lr = learning_rate(cfg, step)
+        lr = learning_rate(cfg, step) * rewarm_factor(step, rewarm_from)
         for g in optimizer.param_groups:
             g["lr"] = lr
         images, targets = next(batches)
         images = [i.to(device, non_blocking=True) for i in images]
         targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-            losses = model(images, targets)
-        losses = {k: v.float() for k, v in losses.items()}
-        loss = sum(losses.values())
-        optimizer.zero_grad(set_to_none=True)
-        if torch.isfinite(loss):
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 10.0)
-            optimizer.step()
+        losses = optimisation_step(model, optimizer, params, images, targets, use_amp)
         step += 1
-        window.append({k: v.item() for k, v in losses.items()} | {"loss": loss.item()})
+        window.append(losses)
         if progress:
             progress(step, cfg.steps, {"loss": window[-1]["loss"], "lr": lr})
         out_of_time = cfg.max_minutes is not None and time.time() - t_start > 60 * cfg.max_minutes
@@ -194,6 +235,7 @@ def train(cfg, resume=False, progress=None, items=None):
             run.save_checkpoint({"model": model.state_dict(),
                                  "optimizer": optimizer.state_dict(), "step": step,
                                  "best": best}, rng)
+            save_network(model, run.compact, network_meta(cfg, step, {"best": best}))
             if not val_items:
                 save_network(model, run.dir / "last.safetensors", network_meta(cfg, step))
             plot_curve(run)

@@ -35,6 +35,7 @@ class RunFolder:
         self.dir = Path(out)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.checkpoint = self.dir / "checkpoint.pt"
+        self.compact = self.dir / "resume.safetensors"  # fp16 weights + step (train.loop)
         self.log = self.dir / "log.jsonl"
 
     def begin(self, cfg, resume, call_fields, in_use):
@@ -43,10 +44,11 @@ class RunFolder:
         (run length, machine settings); otherwise ``cfg`` itself, and FileExistsError with
         the message ``in_use`` when the folder holds a run already."""
         config_file = self.dir / "config.json"
-        if resume and self.checkpoint.is_file():
+        started = self.checkpoint.is_file() or self.compact.is_file()
+        if resume and started:
             stored = json.loads(config_file.read_text())
             cfg = type(cfg)(**{**stored, **{k: getattr(cfg, k) for k in call_fields}})
-        elif self.checkpoint.is_file():
+        elif started:
             raise FileExistsError(in_use)
         config_file.write_text(json.dumps(asdict(cfg), indent=1))
         return cfg

@@ -45,25 +45,25 @@ def probe_cpu_seconds_per_step(cfg, items, steps=20, warmup=10):
     """CPU seconds (process time, all threads) per training step of ``cfg`` on ``items``."""
     import torch
 
-    from bench.train_throughput import train_step
     from nucleaizer_backend.models.io import build_network
     from nucleaizer_backend.train.batches import crop_batches, sampling_weights
-    from nucleaizer_backend.train.loop import make_optimizer, use_bf16
+    from nucleaizer_backend.train.loop import make_optimizer, optimisation_step, use_bf16
 
     cpu = torch.device("cpu")
     torch.manual_seed(cfg.seed)
     model = build_network(cfg.kind, cfg.architecture)
     model.train().to(cpu, memory_format=torch.channels_last)
-    opt = make_optimizer([p for p in model.parameters()], cfg, cpu)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = make_optimizer(params, cfg, cpu)
     weights, _ = sampling_weights(items, cfg.min_colour_share)
     batches = crop_batches(cfg, items, weights, [], cfg.crop_spec(),
                            np.random.default_rng(cfg.seed + 99), 0)
     bf16 = use_bf16(cfg.precision, cpu)
     for _ in range(warmup):
-        train_step(model, opt, bf16, *next(batches))
+        optimisation_step(model, opt, params, *next(batches), bf16)
     t0 = time.process_time()
     for _ in range(steps):
-        train_step(model, opt, bf16, *next(batches))
+        optimisation_step(model, opt, params, *next(batches), bf16)
     return (time.process_time() - t0) / steps
 
 

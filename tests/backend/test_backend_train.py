@@ -367,3 +367,28 @@ def test_channels_last_backbone_keeps_weights_and_outputs():
     for k in ours:
         assert ours[k].is_contiguous(memory_format=torch.channels_last)
         torch.testing.assert_close(ours[k], plain[k].contiguous(), rtol=1e-4, atol=1e-5)
+
+
+def test_resume_from_the_compact_file_alone(train_data, tmp_path):
+    # resume.safetensors (fp16 weights + step) is all a run needs to go on where checkpoint.pt
+    # did not travel: same step, same recipe, optimiser afresh with a short re-warm-up
+    from nucleaizer_backend.models.io import load_network
+    from nucleaizer_backend.train.loop import REWARM_STEPS, rewarm_factor
+
+    run = tmp_path / "run"
+    train(TrainConfig(data=str(train_data), out=str(run), **TINY))
+    assert read_network_meta(run / "resume.safetensors")["steps"] == 2
+    before, _ = load_network(run / "resume.safetensors")
+    (run / "checkpoint.pt").unlink()
+    with pytest.raises(FileExistsError):
+        train(TrainConfig(data=str(train_data), out=str(run), **TINY))
+    train(TrainConfig(data=str(train_data), out=str(run), **{**TINY, "steps": 4}), resume=True)
+    assert model_state(run)["step"] == 4
+    log = read_run_log(run / "log.jsonl")
+    assert [r["step"] for r in log if "optimiser reset" in str(r.get("event"))] == [2]
+    assert [r["step"] for r in log if "loss" in r][-1] == 4
+    after, _ = load_network(run / "resume.safetensors")
+    assert not same_weights(before.state_dict(), after.state_dict())
+    assert rewarm_factor(10, None) == 1.0
+    assert rewarm_factor(2, 2) == pytest.approx(1 / REWARM_STEPS)
+    assert rewarm_factor(2 + REWARM_STEPS, 2) == 1.0
