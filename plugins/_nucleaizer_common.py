@@ -279,12 +279,8 @@ def show_image(figure, x, y, image, multichannel, title, **kwargs):
 
 def show_statistics(figure, x, y, statistics):
     """The display's table of ``statistics`` ([name, value] rows) in the cell (x, y)."""
-    figure.subplot_table(
-        x,
-        y,
-        [[value] for _, value in statistics],
-        row_labels=[name for name, _ in statistics],
-    )
+    rows = [[value] for _, value in statistics]
+    figure.subplot_table(x, y, rows, row_labels=[name for name, _ in statistics])
 
 
 class NucleaizerModule:
