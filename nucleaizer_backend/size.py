@@ -62,6 +62,27 @@ class SizeEstimate:
         diameters = [e.diameters for e in estimates if len(e.diameters)]
         return cls.from_diameters(np.concatenate(diameters) if diameters else [])
 
+    def to_dict(self):
+        """The estimate without its labels, as a JSON-serialisable dict (see from_dict)."""
+        return {
+            "median_diameter": float(self.median_diameter),
+            "spread": float(self.spread),
+            "count": int(self.count),
+            "reliable": bool(self.reliable),
+            "diameters": [float(v) for v in np.asarray(self.diameters).ravel()],
+        }
+
+    @classmethod
+    def from_dict(cls, d):
+        """The estimate that to_dict made ``d`` of (without labels)."""
+        return cls(
+            d["median_diameter"],
+            d["spread"],
+            d["count"],
+            d["reliable"],
+            np.asarray(d["diameters"], float),
+        )
+
 
 def nuclei_at_scale(network, image, scale, device, confidence):
     """preseg's nuclei with the image at ``scale``: (labels in the original geometry,

@@ -1,8 +1,9 @@
 """Parts shared by the nucleAIzer CellProfiler modules: the model and GPU settings, the
 backend import, and the behaviour that goes with them (including how a worker process shares
-the machine with the others); collecting the images of a group before its first cycle; and
-how the modules of a pipeline find each other: by their roles (a module that writes a model
-before the group, a module that segments with a model), not by their names.
+the machine with the others); collecting the images of a group before its first cycle; the
+display's image and table; and how the modules of a pipeline find each other: by their roles
+(a module that writes a model before the group, a module that segments with a model), not by
+their names.
 
 Not a module itself: CellProfiler loads the plugin files whose names do not start with "_",
 with the plugins folder on the import path, so the modules import this file. Copy it along
@@ -266,6 +267,20 @@ def segmenters_using(pipeline, module, folder):
         if path and same_path(path, folder):
             found.append(other)
     return found
+
+
+def show_image(figure, x, y, image, multichannel, title, **kwargs):
+    """Show ``image`` in the figure's cell (x, y): a colour image as it is, a grayscale one
+    normalised; ``kwargs`` (cplabels, sharexy...) go on to the figure. Returns the axes."""
+    if multichannel:
+        return figure.subplot_imshow_color(x, y, image, title, normalize=False, **kwargs)
+    return figure.subplot_imshow_grayscale(x, y, image, title, **kwargs)
+
+
+def show_statistics(figure, x, y, statistics):
+    """The display's table of ``statistics`` ([name, value] rows) in the cell (x, y)."""
+    rows = [[value] for _, value in statistics]
+    figure.subplot_table(x, y, rows, row_labels=[name for name, _ in statistics])
 
 
 class NucleaizerModule:

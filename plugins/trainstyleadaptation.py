@@ -30,6 +30,8 @@ from _nucleaizer_common import (
     modules_rerun,
     same_path,
     segmenters_using,
+    show_image,
+    show_statistics,
     use_gpu_setting,
 )
 import _trainstyleadaptation_help as help_text
@@ -494,16 +496,8 @@ class TrainStyleAdaptation(NucleaizerModule, Module):
         d = workspace.display_data
         figure.set_subplots((2, 1))
         title = "%s, cycle #%d" % (self.image_name.value, workspace.measurements.image_number)
-        if d.multichannel:
-            figure.subplot_imshow_color(0, 0, d.image, title, normalize=False)
-        else:
-            figure.subplot_imshow_grayscale(0, 0, d.image, title)
-        figure.subplot_table(
-            1,
-            0,
-            [[value] for _, value in d.statistics],
-            row_labels=[name for name, _ in d.statistics],
-        )
+        show_image(figure, 0, 0, d.image, d.multichannel, title)
+        show_statistics(figure, 1, 0, d.statistics)
 
     def display_post_group(self, workspace, figure):
         d = workspace.display_data

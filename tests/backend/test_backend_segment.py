@@ -162,3 +162,23 @@ def test_size_is_measured_on_single_looking_nuclei():
     labels[labels == 1] = 0  # 4 convex ones left: all objects are measured
     assert len(single_nucleus_diameters(labels)) == MIN_NUCLEI
     assert len(single_nucleus_diameters(np.zeros((5, 5), np.int32))) == 0
+
+
+def test_size_estimate_dict_round_trip():
+    """to_dict is JSON-serialisable (CellProfiler hands it to analysis workers) and
+    from_dict gives the same estimate back, labels left out; unreliable (NaN spread) too."""
+    import json
+
+    from nucleaizer_backend import SizeEstimate
+
+    for diameters in ([12.5, 14.0, 15.25, 16.0, 18.0, 30.0], [11.0], []):
+        est = SizeEstimate.from_diameters(np.asarray(diameters, np.float32))
+        est.labels = np.ones((4, 4), np.int32)
+        d = json.loads(json.dumps(est.to_dict()))
+        back = SizeEstimate.from_dict(d)
+        assert back.labels is None and back.diameters.dtype == float
+        np.testing.assert_array_equal(back.diameters, est.diameters)
+        assert (back.median_diameter, back.count, back.reliable) == (
+            est.median_diameter, est.count, est.reliable)
+        assert back.spread == pytest.approx(est.spread, nan_ok=True)
+        assert SizeEstimate.pooled([back, est]).count == 2 * est.count
