@@ -34,11 +34,8 @@ rebuilt from all stored results, so sections can be re-measured one at a time. N
   (bench/figures.py).
 """
 import argparse
-import csv
 import json
 import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -46,110 +43,17 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT.parent / "shared" / "data" / "dsb2018"
-RESULTS = ROOT / "bench" / "results"
 sys.path.insert(0, str(ROOT))
+from bench.common import (DATA, RESULTS, dsb_by_style, identify_primary_objects,  # noqa: E402
+                          index_rows, load_pair, machine, score_rows, segmenter)
+from bench.speed import (section_adapt_speed, section_memory, section_speed,  # noqa: E402
+                         section_workers)
 
-SPEED_IDS = ["2dec81a678dd", "3477024fd843", "43cf6b2ec0b0", "5bb8508ff8ec", "6f8197baf738",
-             "8055957570d7", "f01a9742c43a",  # val, nuclei ~49 px
-             "0ea221716cf1", "e23e11414ee6", "212b858a66f0", "1b518cd2ea84"]  # train, 21-31 px
 REFERENCES = {  # given in the issue, measured by the team on the same 67 val images
     "CellProfiler IdentifyPrimaryObjects (reference run)": 0.211,
     "Cellpose 3 from scratch, same train split, fixed diameter": 0.503,
     "Cellpose 3 from scratch, same train split, true diameter per image": 0.574,
 }
-
-
-def index_rows(split=None):
-    with open(DATA / "index.csv") as f:
-        rows = list(csv.DictReader(f))
-    return [r for r in rows if split is None or r["split"] == split]
-
-
-def machine():
-    import torch
-
-    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
-            "torch": torch.__version__,
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
-
-
-def load_pair(row):
-    from nucleaizer_backend.imageio_utils import read_image
-    from nucleaizer_backend.train.data import read_labels
-
-    base = DATA / row["split"]
-    return (read_image(base / "images" / f"{row['id']}.png"),
-            read_labels(base / "labels" / f"{row['id']}.tif"))
-
-
-def identify_primary_objects(image):
-    """CellProfiler 4.2.8 IdentifyPrimaryObjects with default settings (typical diameter
-    10-40 px) on the image converted to gray, inverted when nuclei are dark (as the reference
-    run did). Returns the label image."""
-    from cellprofiler_core.preferences import set_headless
-
-    set_headless()
-    import cellprofiler_core.image as cpi
-    import cellprofiler_core.measurement as cpmeas
-    import cellprofiler_core.object as cpo
-    import cellprofiler_core.pipeline as cpp
-    import cellprofiler_core.workspace as cpw
-    from cellprofiler.modules.identifyprimaryobjects import IdentifyPrimaryObjects
-
-    from nucleaizer_backend.preprocess import has_bright_background
-
-    gray = image[..., :3].mean(axis=-1) if image.ndim == 3 else image.astype(float)
-    gray = (gray - gray.min()) / max(np.ptp(gray), 1e-9)
-    if has_bright_background(np.repeat(gray[..., None], 3, axis=-1)):
-        gray = 1.0 - gray
-    module = IdentifyPrimaryObjects()
-    module.set_module_num(1)
-    module.x_name.value = "DNA"
-    module.y_name.value = "Nuclei"
-    pipeline = cpp.Pipeline()
-    pipeline.add_module(module)
-    image_set_list = cpi.ImageSetList()
-    image_set = image_set_list.get_image_set(0)
-    image_set.add("DNA", cpi.Image(gray))
-    objects = cpo.ObjectSet()
-    ws = cpw.Workspace(pipeline, module, image_set, objects, cpmeas.Measurements(), image_set_list)
-    module.run(ws)
-    return objects.get_objects("Nuclei").segmented
-
-
-def score_rows(rows, predict):
-    """Scores (evaluate.score_image) of ``predict(image, row) -> labels`` on the rows' images,
-    and the seconds each prediction took."""
-    from nucleaizer_backend.evaluate import score_image
-
-    scores, seconds = [], []
-    for r in rows:
-        img, truth = load_pair(r)
-        t0 = time.perf_counter()
-        pred = predict(img, r)
-        seconds.append(time.perf_counter() - t0)
-        scores.append(score_image(truth, pred))
-    return scores, seconds
-
-
-def dsb_by_style(rows, scores):
-    """Mean DSB score of each style's images: {"dsb_fluo": ..., "dsb_he": ...}."""
-    return {f"dsb_{style}": float(np.mean([sc.dsb for r, sc in zip(rows, scores)
-                                           if r["style"] == style])) for style in ("fluo", "he")}
-
-
-def segmenter(model, true_size=False):
-    """``predict(image, row)`` for score_rows: segment_image's labels with automatic size, or
-    with the row's true median nucleus diameter."""
-    from nucleaizer_backend import segment_image
-
-    def predict(img, row):
-        d = float(row["median_diameter_px"]) if true_size else None
-        return segment_image(img, model=model, diameter=d, device="cpu").labels
-
-    return predict
 
 
 def section_accuracy(model):
@@ -189,29 +93,6 @@ def section_size(model):
     return {"within_20pct": within, "ratio_percentiles": {
         str(q): float(np.percentile(ratios, q)) for q in (0, 5, 25, 50, 75, 95, 100)},
         "per_image": per}
-
-
-def section_speed(model):
-    from nucleaizer_backend import segment_image
-
-    rows = {r["id"][:12]: r for r in index_rows()}
-    images = [load_pair(rows[i])[0] for i in SPEED_IDS]
-    segment_image(images[0], model=model, device="cpu")  # load the model, warm up
-    identify_primary_objects(images[0])
-    per = []
-    for i, img in zip(SPEED_IDS, images):
-        t0 = time.perf_counter()
-        r = segment_image(img, model=model, device="cpu")
-        t1 = time.perf_counter()
-        identify_primary_objects(img)
-        t2 = time.perf_counter()
-        per.append({"id": i, "diameter": r.diameter, "scale": r.scale, "nuclei": r.count,
-                    "segment_s": t1 - t0, "identifyprimaryobjects_s": t2 - t1})
-    med = float(np.median([p["segment_s"] for p in per]))
-    print(f"speed: median {med:.2f} s per 520x696 image")
-    return {"segment_median_s": med,
-            "identifyprimaryobjects_median_s": float(np.median([p["identifyprimaryobjects_s"] for p in per])),
-            "per_image": per}
 
 
 ABLATION = (  # (key, label, segment_image keyword arguments)
@@ -298,134 +179,6 @@ def section_tuning(model):
                    "cross_validated_dsb": out["cv"]["dsb"]}}, indent=1))
     print(f"tuning: none {out['none']['dsb']:.3f}, paper {out['paper']['dsb']:.3f}, "
           f"2-fold CV {out['cv']['dsb']:.3f}, tuned on all val {out['all_val']['dsb']:.3f}")
-    return out
-
-
-def peak_rss_mb():
-    """Peak resident memory (MB) of this process since it started.
-
-    VmHWM of /proc/self/status, not getrusage's ru_maxrss: Linux carries ru_maxrss over
-    exec, so a child started by a big parent would report the parent's peak as its own."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-MEMORY_CHILD = r"""
-import sys, time, numpy as np
-from bench.run_benchmarks import peak_rss_mb
-from nucleaizer_backend import Model, segment_image
-from nucleaizer_backend.imageio_utils import read_image
-tile = read_image(sys.argv[1])
-img = np.tile(tile, (8, 8, 1))[:2048, :2048]
-Model.load(None, "cpu")
-base = peak_rss_mb()
-t0 = time.perf_counter()
-r = segment_image(img, device="cpu")
-print(base, peak_rss_mb(), r.count, r.diameter, time.perf_counter() - t0)
-"""
-
-
-def section_memory(model):
-    row = [r for r in index_rows("val") if r["id"].startswith("0e5edb072788")][0]
-    path = DATA / "val" / "images" / f"{row['id']}.png"
-    out = subprocess.run([sys.executable, "-c", MEMORY_CHILD, str(path)], capture_output=True,
-                         text=True, check=True, cwd=ROOT)
-    before, peak, count, diameter, seconds = out.stdout.split()
-    res = {"image": "2048x2048 (a 256x256 val image tiled 8x8)", "peak_rss_mb": float(peak),
-           "rss_before_segment_mb": float(before), "nuclei": int(count),
-           "diameter": float(diameter), "seconds": float(seconds)}
-    print(f"memory: peak {res['peak_rss_mb']:.0f} MB")
-    return res
-
-
-WORKER_CHILD = """
-import sys, time
-import torch
-if sys.argv[2] != "default":
-    torch.set_num_threads(int(sys.argv[2]))
-sys.path.insert(0, ".")
-from bench.run_benchmarks import SPEED_IDS, index_rows, load_pair
-from nucleaizer_backend import segment_image
-model = sys.argv[1] or None
-rows = {r["id"][:12]: r for r in index_rows()}
-images = [load_pair(rows[i])[0] for i in SPEED_IDS]
-segment_image(images[0], model=model, device="cpu")  # load the model, warm up
-print("ready", torch.get_num_threads(), flush=True)
-sys.stdin.readline()  # every worker starts at once
-t0 = time.perf_counter()
-for img in images:
-    segment_image(img, model=model, device="cpu")
-print(time.perf_counter() - t0, flush=True)
-"""
-
-
-def run_workers(model, workers, threads):
-    """``workers`` processes segmenting the speed images at once, each with ``threads``
-    torch threads ("default": torch's own choice); images per second over all of them."""
-    procs = [subprocess.Popen([sys.executable, "-c", WORKER_CHILD, model or "", str(threads)],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
-             for _ in range(workers)]
-    used = [int(p.stdout.readline().split()[1]) for p in procs]
-    t0 = time.perf_counter()
-    for p in procs:
-        p.stdin.write("\n")
-        p.stdin.flush()
-    seconds = [float(p.stdout.readline()) for p in procs]
-    wall = time.perf_counter() - t0
-    for p in procs:
-        p.wait()
-    n = workers * len(SPEED_IDS)
-    return {"workers": workers, "threads": used[0], "images": n, "wall_s": wall,
-            "images_per_s": n / wall, "worker_s": seconds}
-
-
-def section_workers(model):
-    """Throughput of parallel worker processes (as CellProfiler's analysis workers) with
-    torch's default threads in each, against cores / workers threads each."""
-    from nucleaizer_backend.device import threads_per_process
-
-    cores = os.cpu_count()
-    runs = [run_workers(model, 1, "default"), run_workers(model, cores, "default"),
-            run_workers(model, cores, threads_per_process(cores))]
-    for r in runs:
-        print(f"workers: {r['workers']} x {r['threads']} threads: "
-              f"{r['images_per_s']:.2f} images/s")
-    return {"cores": cores, "runs": runs}
-
-
-ADAPT_SPEED_IMAGES = {"he": 12, "fluo": 8}  # val images, the first of each style
-
-
-def section_adapt_speed(model):
-    import tempfile
-
-    import torch
-
-    from nucleaizer_backend.style.adapt import AdaptConfig, adapt
-
-    val = index_rows("val")
-    rows = [r for style, n in ADAPT_SPEED_IMAGES.items()
-            for r in [r for r in val if r["style"] == style][:n]]
-    images = [DATA / "val" / "images" / f"{r['id']}.png" for r in rows]
-    threads = torch.get_num_threads()
-    with tempfile.TemporaryDirectory() as tmp:
-        t0 = time.time()
-        res = adapt(images, Path(tmp) / "adapted",
-                    config=AdaptConfig(base_model=model, preset="quick", threads=threads))
-        wall = time.time() - t0
-    out = {"images": len(images), "per_style": ADAPT_SPEED_IMAGES, "preset": "quick",
-           "threads": threads, "wall_s": wall, "seconds_per_stage": res.seconds,
-           "styles": res.n_clusters, "styles_learned": res.n_styles_learned,
-           "synthetic_pairs": res.synthetic_count, "finetune_steps": res.finetune_steps,
-           "peak_rss_mb": peak_rss_mb()}
-    print(f"adapt_speed: {wall / 60:.1f} min for {len(images)} images")
     return out
 
 

@@ -12,11 +12,11 @@ sys.path.insert(0, str(ROOT))
 from bench.run_benchmarks import index_rows, load_pair  # noqa: E402
 from nucleaizer_backend.detect import detect  # noqa: E402
 from nucleaizer_backend.device import resolve_device  # noqa: E402
+from nucleaizer_backend.foreground import foreground_probability  # noqa: E402
+from nucleaizer_backend.geometry import choose_scale  # noqa: E402
+from nucleaizer_backend.inference import preseg_size  # noqa: E402
 from nucleaizer_backend.models.io import load_model  # noqa: E402
 from nucleaizer_backend.preprocess import normalize_image  # noqa: E402
-from nucleaizer_backend.refine import foreground_probability  # noqa: E402
-from nucleaizer_backend.segment import _preseg_estimate, choose_scale  # noqa: E402
-from nucleaizer_backend.size import SIZE_CONFIDENCE  # noqa: E402
 
 torch.set_num_threads(2)
 device = resolve_device("cpu")
@@ -26,7 +26,7 @@ rows = index_rows("val")
 for i, row in enumerate(rows):
     image, truth = load_pair(row)
     norm = normalize_image(image)
-    d = _preseg_estimate(bundle.preseg, norm, device, SIZE_CONFIDENCE).median_diameter
+    d = preseg_size(bundle, norm).median_diameter
     scale, _ = choose_scale(float(d), bundle.working_diameter, norm.shape[:2])
     dets = detect(bundle.main, norm, scale, device, min_score=0.5)
     prob = foreground_probability(bundle.unet, norm, scale, device)
