@@ -72,8 +72,8 @@ group):
 Technical notes
 ^^^^^^^^^^^^^^^
 
-The preseg network was trained with strong scale augmentation (nuclei from about 8 to
-120 pixels) and segments the image at its native scale; if that finds too few nuclei, or a
+The preseg network was trained with strong scale augmentation (nuclei from 12 to 100
+pixels) and segments the image at its native scale; if that finds too few nuclei, or a
 size outside its most accurate range, it looks again at a more suitable scale.
 
 *Pooling a group:* in *"{SCOPE_GROUP}"* mode, the module estimates the sizes of all the

@@ -58,7 +58,7 @@ the network's per-pixel nucleus probability.
 
 The display window shows the input image, the objects as a label image, the input with the
 objects' outlines and a table with the number of nuclei, their median diameter, the nucleus
-diameter and rescaling factor used, and the time taken.
+diameter and rescaling factor used, their median confidence, and the time taken.
 
 Measurements made by this module
 ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^
@@ -189,9 +189,10 @@ See the project's BENCHMARKS.md for what each step is worth."""
 TTA_DOC = """\
 Select *Yes* to segment each image six times (as it is, flipped, rotated by 90, 180 and
 270 degrees) and keep the nuclei found in most versions, with outlines by pixel majority.
-About three times the run time. With the shipped model it does not pay on the DSB 2018 val
-images (DSB 0.566 with it, 0.569 without; the same on H&E, a little worse on
-fluorescence; see BENCHMARKS.md); it may with other models or images."""
+About 2.7 times slower (measured: 3.95 instead of 1.46 s per image on the DSB 2018 val
+images on a 2-core CPU, size estimate included; see BENCHMARKS.md). With the shipped model
+it does not pay on those images (DSB 0.566 with it, 0.569 without; the same on H&E, a
+little worse on fluorescence); it may with other models or images."""
 
 PARAMS_DOC = """\
 *{PARAMS_MODEL}* uses the values stored with the model: the published nucleAIzer values,
@@ -252,8 +253,8 @@ GPU_MEMORY_SHARE_DOC = """\
 *(Used only when a GPU is used)*
 
 Largest fraction (0 to 1) of the GPU's memory that one CellProfiler worker process may use.
-CellProfiler runs several workers at once (see *Preferences > Maximum number of worker
-processes*), each with its own copy of the model: choose the share so that it times the
+CellProfiler runs several workers at once (see *Preferences > Maximum number of
+workers*), each with its own copy of the model: choose the share so that it times the
 number of workers (times the number of CellProfiler instances sharing the GPU) is at most 1.
 For a single headless process, 1.0 is fine. The limit applies to the whole worker process
 (all nucleAIzer modules in it)."""

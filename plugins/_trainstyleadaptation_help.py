@@ -96,15 +96,16 @@ numbers are summed over the groups' adaptations and the folders listed, separate
 Technical notes
 ^^^^^^^^^^^^^^^
 
-The adaptation runs six stages (see the backend's ``nucleaizer_backend.style.adapt``):
+The adaptation runs seven stages (see the backend's ``nucleaizer_backend.style.adapt``):
 nucleus masks of every image (the base model's size-robust preseg network, or the
 annotations); clustering of the images into styles by image features (k-means, over-
 clustered, small clusters merged or skipped and reported); one pix2pix image-to-image
 network per style, trained on the style's (mask, image) pairs; synthetic masks per style
 (half real nucleus shapes from a shipped shape database, half perturbed ellipses, with the
-style's nucleus size, density and spatial arrangement) painted by the style's network; and
-fine-tuning of the base model's main network, then of its contour U-Net, on the original
-training images (a compact replay set shipped with the backend) plus the synthetic pairs. Progress is written to
+style's nucleus size, density and spatial arrangement) painted by the style's network;
+fine-tuning of the base model's main network, then (a stage of its own) of its contour U-Net,
+on the original training images (a compact replay set shipped with the backend) plus the
+synthetic pairs; and packaging of the adapted model into its folder. Progress is written to
 CellProfiler's log.
 
 *Presets:* *{PRESET_QUICK}* (short schedules: about 30 minutes for 20 images on a 2-core

@@ -2,10 +2,11 @@
 of an image group (unannotated, or with annotation objects) to a model adapted to their
 style, written to a folder for SegmentNucleiStyleAdapted.
 
-All image and model logic lives in the ``nucleaizer_backend`` package; this file only
-collects CellProfiler images (and objects), calls the backend's ``adapt`` and reports what it
-did (log, experiment measurements, display). Its help text is in
-_trainstyleadaptation_help.py.
+All image and model logic lives in the ``nucleaizer_backend`` package; this file holds the
+module's settings, validation, measurements and display. How it runs (collecting the
+CellProfiler images and objects, the one call of the backend's ``adapt``, the log, the
+validation messages, the experiment measurements) is in _trainstyleadaptation_run.py, its
+help text in _trainstyleadaptation_help.py.
 """
 
 import logging
@@ -14,7 +15,7 @@ import os
 from cellprofiler_core.constants.measurement import EXPERIMENT, MCA_AVAILABLE_POST_RUN
 from cellprofiler_core.module import Module
 from cellprofiler_core.preferences import DEFAULT_OUTPUT_FOLDER_NAME
-from cellprofiler_core.setting import Binary, ValidationError
+from cellprofiler_core.setting import Binary
 from cellprofiler_core.setting.choice import Choice
 from cellprofiler_core.setting.subscriber import ImageSubscriber, LabelSubscriber
 from cellprofiler_core.setting.text import Directory, Float, Integer, Text
@@ -24,12 +25,8 @@ from _nucleaizer_common import (
     NUCLEAIZER_DOI,
     NucleaizerModule,
     backend as _backend,
-    images_grouped,
     last_cycle_of_group,
     model_settings,
-    modules_rerun,
-    same_path,
-    segmenters_using,
     show_image,
     show_statistics,
     use_gpu_setting,
@@ -37,22 +34,26 @@ from _nucleaizer_common import (
 import _trainstyleadaptation_help as help_text
 from _trainstyleadaptation_run import (
     C_STYLE_ADAPTATION,
+    D_IMAGES,
+    D_RESULT,
     FEATURES,
-    adapt_group,
+    WHEN_END,
+    WHEN_FIRST,
     check_2d,
+    check_pipeline,
+    check_settings,
+    cycle_statistics,
     experiment_measurements,
     feature,
+    finish_group,
     image_entry,
-    load_group,
-    read_sheet,
-    stop_module,
-    summary_statistics,
+    model_folders,
+    progress_log,
+    report_display,
+    start_group,
 )
 
 LOGGER = logging.getLogger(__name__)
-
-WHEN_END = "At the end of the group"
-WHEN_FIRST = "Before segmenting: on the group's images first"
 
 PRESET_QUICK = "Quick"
 PRESET_FULL = "Full"
@@ -79,11 +80,6 @@ TEXT = dict(
 
 __doc__ = help_text.MANUAL.format(**TEXT)
 
-# Keys of the module dictionary (one group at a time).
-D_IMAGES = "images"  # [(image number, name, float32 pixels, int32 labels or None)]
-D_RESULT = "result"  # summary of the group's adaptation (JSON-serialisable)
-D_DONE = "done"  # the group's adaptation ran (or was skipped in test mode)
-
 LOG_EVERY_S = 15.0
 
 
@@ -92,11 +88,8 @@ def _doc(template):
 
 
 def _ProgressLog(prefix, every=LOG_EVERY_S):
-    """The backend's progress callback -> CellProfiler's log: each stage's start and end,
-    and at most one line every ``every`` seconds in between."""
-    from nucleaizer_backend.style import ProgressLog
-
-    return ProgressLog(lambda line: LOGGER.info("%s: %s", prefix, line), every)
+    """The backend's progress callback -> CellProfiler's log (see progress_log)."""
+    return progress_log(LOGGER, prefix, every)
 
 
 class TrainStyleAdaptation(NucleaizerModule, Module):
@@ -249,8 +242,13 @@ class TrainStyleAdaptation(NucleaizerModule, Module):
             name = measurements.apply_metadata(name, image_set_number)
         return os.path.join(directory, name)
 
-    def _has_metadata_tag(self):
+    def has_metadata_tag(self):
+        """True when the model folder's location or name holds a metadata tag."""
         return "\\g<" in self.output_name.value or "\\g<" in self.output_directory.custom_path
+
+    def adaptation_rounds(self):
+        """The rounds of adaptation these settings ask for."""
+        return int(self.rounds.value) if self.advanced else DEFAULT_ROUNDS
 
     def adapt_config(self):
         """The backend's AdaptConfig for these settings."""
@@ -285,134 +283,19 @@ class TrainStyleAdaptation(NucleaizerModule, Module):
     # ------------------------------------------------------------------ validation
 
     def validate_module(self, pipeline):
-        try:
-            _backend()
-        except ImportError as e:
-            raise ValidationError(str(e), self.model_choice)
-        if pipeline.volumetric():
-            raise ValidationError(
-                "%s adapts to 2D images: load the images as 2D planes (NamesAndTypes: "
-                "Process as 3D = No)" % self.module_name,
-                self.image_name,
-            )
-        base = self.model_path()
-        if base is not None:
-            from nucleaizer_backend.errors import ModelFileError
-            from nucleaizer_backend.style import find_base_model
-
-            try:
-                find_base_model(base)
-            except ModelFileError as e:
-                raise ValidationError("Cannot use the base model: %s" % e, self.model_name)
-        if not self.output_name.value.strip():
-            raise ValidationError("Enter a name for the adapted model folder", self.output_name)
-        folder = self.model_folder()
-        if base is not None and not self._has_metadata_tag() and same_path(folder, base):
-            raise ValidationError(
-                "The adapted model must go to a new folder, not the base model's", self.output_name
-            )
-        if self.adapts_first() and self._has_metadata_tag():
-            raise ValidationError(
-                "With '%s' the model folder cannot depend on metadata: the segmentation "
-                "module downstream reads one folder. To adapt per group, run one group per "
-                "job (-g) with its own output folder (-o)" % WHEN_FIRST,
-                self.output_name,
-            )
+        self.validate_backend()
+        check_settings(self, pipeline)
         self.validate_only_one(pipeline, C_STYLE_ADAPTATION, self.image_name)
 
     def validate_module_warnings(self, pipeline):
-        users = segmenters_using(pipeline, self, self.model_folder())
-        if self.adapts_first():
-            rerun = modules_rerun(pipeline, self, stop_module(self, pipeline))
-            if rerun:
-                raise ValidationError(
-                    "Adapting before segmenting runs the modules that provide the input image "
-                    "(and annotations) once more for every image of the group before the group "
-                    "starts. That is cheap for the input modules, but here it reruns %s."
-                    % ", ".join("#%d %s" % (m.module_num, m.module_name) for m in rerun),
-                    self.when,
-                )
-            if not users:
-                raise ValidationError(
-                    "No SegmentNucleiStyleAdapted module below this one uses the adapted model "
-                    "(Model = Custom, location and name = %s): '%s' is meant for segmenting in "
-                    "the same pipeline" % (self.model_folder(), WHEN_FIRST),
-                    self.when,
-                )
-        elif users:
-            raise ValidationError(
-                "SegmentNucleiStyleAdapted #%d uses this module's model folder, but with "
-                "'%s' the model is written after the group's last cycle: that module "
-                "would use the folder as it was before the run. Choose '%s', or segment "
-                "in a second pipeline." % (users[0].module_num, WHEN_END, WHEN_FIRST),
-                self.when,
-            )
-        if self._has_metadata_tag():
-            return
-        if images_grouped(pipeline):
-            raise ValidationError(
-                "Images are grouped: each group adapts its own model, so each needs its own "
-                "folder (a second group's adaptation is refused in a folder holding another "
-                "group's). %s"
-                % (
-                    "Run one group per job (-g) with its own output folder (-o)."
-                    if self.adapts_first()
-                    else "Put a metadata tag in the folder name (e.g. adapted_\\g<Plate>), or "
-                    "run one group per job (-g) with its own output folder (-o)."
-                ),
-                self.output_name,
-            )
-        try:
-            from nucleaizer_backend.style import holds_other_files
-        except ImportError:  # validate_module reports it
-            return
-        folder = self.model_folder()
-        rounds = int(self.rounds.value) if self.advanced else DEFAULT_ROUNDS
-        if holds_other_files(folder, rounds):
-            raise ValidationError(
-                "%s holds other files (not a style adaptation): the adaptation will refuse "
-                "to write there. Choose a new or empty folder." % folder,
-                self.output_name,
-            )
+        check_pipeline(self, pipeline)
 
     # ------------------------------------------------------------------ adapting
 
-    def _adapt(self, entries, folder):
-        prefix = "%s (#%d)" % (self.module_name, self.module_num)
-        return adapt_group(self, entries, folder, LOGGER, _ProgressLog(prefix))
-
-    def _skip_in_test_mode(self, workspace):
-        return self.skip_in_test_mode(
-            workspace, "not adapting in test mode (it takes minutes to hours); run the analysis "
-            "to adapt the model"
-        )
-
     def prepare_group(self, workspace, grouping, image_numbers):
         """Start a group; with 'Before segmenting', load its images and adapt now."""
-        d = self.get_dictionary()
-        d.clear()
-        d[D_IMAGES] = []
-        if not self.adapts_first() or len(image_numbers) == 0:
-            return True
-        d[D_DONE] = True
-        if self._skip_in_test_mode(workspace):
-            return True
-        folder = self.model_folder(workspace.measurements, image_numbers[0])
-        entries = load_group(self, workspace, grouping, image_numbers)
-        d[D_RESULT] = self._adapt(entries, folder)
+        start_group(self, workspace, grouping, image_numbers, LOGGER, _ProgressLog)
         return True
-
-    def _finish_group(self, workspace):
-        """'At the end of the group': adapt to the collected images (once per group)."""
-        d = self.get_dictionary()
-        if d.get(D_DONE):
-            return
-        d[D_DONE] = True
-        entries, d[D_IMAGES] = d.get(D_IMAGES, []), []  # the images are let go
-        if self._skip_in_test_mode(workspace):
-            return
-        folder = self.model_folder(workspace.measurements, entries[0][0] if entries else None)
-        d[D_RESULT] = self._adapt(entries, folder)
 
     def run(self, workspace):
         m = workspace.measurements
@@ -420,6 +303,7 @@ class TrainStyleAdaptation(NucleaizerModule, Module):
         d = self.get_dictionary()
         image = workspace.image_set.get_image(self.image_name.value)
         check_2d(self, image, number)
+        collected = 0
         if not self.adapts_first():
             entry = image_entry(self, image, workspace.object_set, m, number)
             d.setdefault(D_IMAGES, []).append(entry)
@@ -429,16 +313,9 @@ class TrainStyleAdaptation(NucleaizerModule, Module):
                 # the fallback for a group whose last image set did not reach this module)
                 # makes an error a module error: CellProfiler reports it and a headless run
                 # exits with status 1 (a post_group error leaves the exit status at 0).
-                self._finish_group(workspace)
+                finish_group(self, workspace, LOGGER, _ProgressLog)
         if self.show_window:
-            result = d.get(D_RESULT)
-            if self.adapts_first() or result:
-                statistics = summary_statistics(result)
-            else:
-                statistics = [
-                    ["Images collected", "%d" % collected],
-                    ["Adapted at the end of the group into", self.model_folder(m, number)],
-                ]
+            statistics = cycle_statistics(self, d.get(D_RESULT), collected, m, number)
             workspace.display_data.image = image.pixel_data
             workspace.display_data.multichannel = bool(image.multichannel)
             workspace.display_data.statistics = statistics
@@ -448,13 +325,11 @@ class TrainStyleAdaptation(NucleaizerModule, Module):
         post-group display (style sheet and report)."""
         d = self.get_dictionary()
         if not self.adapts_first():
-            self._finish_group(workspace)
+            finish_group(self, workspace, LOGGER, _ProgressLog)
         d[D_IMAGES] = []
         result = d.get(D_RESULT)
         if self.show_window and result:
-            workspace.display_data.sheet = read_sheet(result.get("sheet"))
-            workspace.display_data.sheet_file = os.path.basename(str(result.get("sheet")))
-            workspace.display_data.report = list(result["report"])
+            report_display(workspace.display_data, result)
 
     # ------------------------------------------------------------------ measurements
 
@@ -463,16 +338,8 @@ class TrainStyleAdaptation(NucleaizerModule, Module):
         model folders (so it also works when the groups ran in CellProfiler's workers,
         whose experiment measurements are not kept)."""
         m = workspace.measurements
-        folders = []
-        for number in m.get_image_numbers():
-            try:
-                folder = self.model_folder(m, int(number))
-            except Exception:  # a metadata tag missing for this image set
-                continue
-            if folder not in folders:
-                folders.append(folder)
-        for feature, value in experiment_measurements(folders):
-            m.add_experiment_measurement(feature, value)
+        for name, value in experiment_measurements(model_folders(self, m)):
+            m.add_experiment_measurement(name, value)
 
     def get_measurement_columns(self, pipeline):
         return [
