@@ -32,7 +32,8 @@ def build_parser():
     s.add_argument("--no-unet", action="store_true",
                    help="post-processing rules only, without U-Net contour refinement")
     s.add_argument("--tta", action="store_true",
-                   help="test-time augmentation (flips and rotations; about 6x slower)")
+                   help="test-time augmentation (6 versions: flips and rotations; about 2.7x slower, "
+                   "BENCHMARKS.md)")
     for name, what in (("p1", "merge into a neighbour touching more than this perimeter fraction"),
                        ("p2", "minimum nucleus area, px^2 at the 40 px working scale"),
                        ("p3", "U-Net probability threshold for contour correction"),

@@ -92,7 +92,7 @@ def infer(model, image, diameter=None, confidence=0.5, unet=True, mask_probabili
     diameter in px (None = estimate it with preseg). confidence: minimum detection score
     (0-1) of the labels kept. unet: also run the U-Net (when the model has one).
     mask_probability: also return the masks' probability. tta: test-time augmentation (6
-    versions: about 6x slower). tile_size: Mask R-CNN tile, px at the working scale.
+    Mask R-CNN passes: the whole segmentation about 2.7x slower, BENCHMARKS.md). tile_size: Mask R-CNN tile, px at the working scale.
     """
     norm = normalize_image(image)
     shape = norm.shape[:2]

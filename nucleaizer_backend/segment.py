@@ -118,8 +118,8 @@ def segment_image(image, model=None, diameter=None, device="auto", confidence=No
     refine: "full" (default): the post-processing rules (contained objects, p1, p2) and,
     with a model that has a U-Net, the contour correction (p3..p5) and the p6 rule; "rules":
     the rules only; "none": the Mask R-CNN objects as they are. (use_unet and a boolean
-    refine are deprecated: see refine_level.) tta: test-time augmentation (6 versions: about
-    6x slower). postprocess: p1..p6 overrides (dict or PostprocessParams; see
+    refine are deprecated: see refine_level.) tta: test-time augmentation (6 Mask R-CNN
+    passes: about 2.7x slower in all, BENCHMARKS.md). postprocess: p1..p6 overrides (dict or PostprocessParams; see
     refine.PostprocessParams). tile_size: Mask R-CNN tile, px at the working scale.
     """
     t0 = time.perf_counter()
