@@ -221,6 +221,13 @@ def render(speed, learning):
                 f"64 sampled RoIs). Mean absolute difference of the 20-step training loss after "
                 f"step 100:", "", "| compared | loss difference |", "|---|---|"]
         out += [f"| {k} | {v:.3f} |" for k, v in d.items()]
+        noise = max(v for k, v in d.items() if k.startswith("seeds "))
+        verdicts = [f"*{k[len('before vs '):]}* "
+                    + ("learns alike (its difference from *before* is within the seed-to-seed "
+                       "difference)" if v <= noise else "does not (its difference from *before* "
+                       "exceeds the seed-to-seed difference)")
+                    for k, v in d.items() if k.startswith("before vs ")]
+        out += ["", "; ".join(verdicts) + "."]
         out += ["", "![loss curves of the learning check](docs/train_learning.png)", ""]
     return out
 
