@@ -12,7 +12,7 @@ whose size estimate is within 20%, DSB breaking ties; for unet, the foreground I
 """
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -176,6 +176,9 @@ def train(cfg, resume=False, progress=None, items=None):
 
     spec = cfg.crop_spec()  # also refuses an unknown kind before anything is loaded
     model = build_network(cfg.kind, cfg.architecture)
+    if cfg.architecture is None:  # pinned, so that later defaults cannot change a resumed run
+        cfg = replace(cfg, architecture=model.config.to_dict())
+        run.write_config(cfg)
     if cfg.init:
         from ..models.io import load_network
 

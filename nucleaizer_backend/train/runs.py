@@ -50,8 +50,11 @@ class RunFolder:
             cfg = type(cfg)(**{**stored, **{k: getattr(cfg, k) for k in call_fields}})
         elif started:
             raise FileExistsError(in_use)
-        config_file.write_text(json.dumps(asdict(cfg), indent=1))
+        self.write_config(cfg)
         return cfg
+
+    def write_config(self, cfg):
+        (self.dir / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
 
     def append_log(self, record):
         with open(self.log, "a") as f:

@@ -392,3 +392,13 @@ def test_resume_from_the_compact_file_alone(train_data, tmp_path):
     assert rewarm_factor(10, None) == 1.0
     assert rewarm_factor(2, 2) == pytest.approx(1 / REWARM_STEPS)
     assert rewarm_factor(2 + REWARM_STEPS, 2) == 1.0
+
+
+def test_run_config_pins_the_architecture(train_data, tmp_path):
+    # a run started with the default architecture records it in full, so a later change of
+    # the defaults cannot change the network (or its training proposals) of a resumed run
+    from nucleaizer_backend.models.maskrcnn import MaskRCNNConfig
+
+    train(TrainConfig(data=str(train_data), out=str(tmp_path / "run"), **TINY))
+    stored = json.loads((tmp_path / "run" / "config.json").read_text())["architecture"]
+    assert stored == MaskRCNNConfig().to_dict()
