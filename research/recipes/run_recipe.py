@@ -2,7 +2,7 @@
 it with the full pipeline: the equal-compute comparison of recipes.
 
     python research/recipes/run_recipe.py NAME --data DSB/train --val DSB/val \
-        --out research/recipes/runs [--cpu-minutes 40] [--threads 1]
+        --out research/recipes/runs [--cpu-minutes 30] [--threads 1]
 
 NAME is one of CANDIDATES. The run first measures its CPU seconds per training step (process
 time, so other jobs on the machine do not change it much) and sets its number of steps so
@@ -114,7 +114,8 @@ def main():
     ap.add_argument("--data", required=True)
     ap.add_argument("--val", required=True)
     ap.add_argument("--out", required=True, help="folder of the runs (one sub-folder each)")
-    ap.add_argument("--cpu-minutes", type=float, default=40.0)
+    ap.add_argument("--cpu-minutes", type=float, default=30.0,
+                    help="CPU minutes of one thread for the whole schedule (the table's budget)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
