@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from .errors import NucleaizerError
+from .progress import Progress, ProgressCallback
 
 EXIT_USAGE, EXIT_SOME_FAILED = 2, 1
 
@@ -23,11 +24,23 @@ def _about(path, err):
     return msg if str(path) in msg else f"{path}: {msg}"
 
 
-def _progress_bar(total, desc):
-    from tqdm import tqdm
+def _log_progress_to_stderr():
+    """Progress lines (progress.Progress) of the ``nucleaizer`` logger on stderr, with the
+    time: what a cluster job's log shows when there is no terminal for a bar."""
+    import logging
 
-    return tqdm(total=total, desc=desc, unit="img" if desc != "train" else "step",
-                disable=None, mininterval=1.0 if sys.stderr.isatty() else 30.0)
+    class CurrentStderr(logging.StreamHandler):  # sys.stderr as it is now, not at set-up
+        def emit(self, record):
+            self.stream = sys.stderr
+            super().emit(record)
+
+    logger = logging.getLogger("nucleaizer")
+    if not logger.handlers:
+        handler = CurrentStderr()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
 
 
 def cmd_segment(args):
@@ -38,8 +51,8 @@ def cmd_segment(args):
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     rows, failed = [], 0
-    bar = _progress_bar(len(paths), "segment")
-    for p in paths:
+    bar = Progress(len(paths), "segment")
+    for done, p in enumerate(paths, 1):
         try:
             image = read_image(p)
             r = segment_image(image, model=args.model, diameter=args.diameter,
@@ -53,6 +66,7 @@ def cmd_segment(args):
                          "scale": round(r.scale, 4),
                          "size_reliable": "" if r.size_estimate is None else r.size_estimate.reliable,
                          "seconds": round(r.seconds, 3), "error": ""})
+            bar.update(done, f"{r.count} nuclei")
         except NucleaizerError as e:
             if "model" in type(e).__name__.lower():
                 raise
@@ -60,7 +74,7 @@ def cmd_segment(args):
             _fail(_about(p, e))
             rows.append({"image": p.name, "nuclei": "", "diameter_px": "", "scale": "",
                          "size_reliable": "", "seconds": "", "error": _about(p, e)})
-        bar.update(1)
+            bar.update(done, "failed")
     bar.close()
     _write_csv(out / "summary.csv", rows)
     print(f"{len(paths) - failed} of {len(paths)} images segmented; labels"
@@ -93,7 +107,9 @@ def cmd_estimate_size(args):
     from .segment import estimate_size
 
     rows, failed = [], 0
-    for p in list_images(args.inputs):
+    paths = list_images(args.inputs)
+    bar = Progress(len(paths), "estimate-size", bar=False)  # on a terminal: the table
+    for done, p in enumerate(paths, 1):
         try:
             e = estimate_size(read_image(p), model=args.model, device=args.device)
             rows.append({"image": p.name, "median_diameter_px": round(e.median_diameter, 2),
@@ -105,6 +121,7 @@ def cmd_estimate_size(args):
                 raise
             failed += 1
             _fail(_about(p, err))
+        bar.update(done)
     if args.csv:
         _write_csv(args.csv, rows)
     return EXIT_SOME_FAILED if failed else 0
@@ -123,15 +140,10 @@ def cmd_train(args):
                       synthetic=args.synthetic, synthetic_share=args.synthetic_share,
                       workers=args.workers, max_minutes=args.max_minutes,
                       precision=args.precision)
-    bar = _progress_bar(args.steps, "train")
-
-    def progress(step, total, info):
-        bar.n = step
-        bar.set_postfix(loss=f"{info['loss']:.3f}", refresh=False)
-        bar.refresh() if step % 10 == 0 else None
+    bar = ProgressCallback("train", bar=None)
 
     try:
-        run = train(cfg, resume=args.resume, progress=progress)
+        run = train(cfg, resume=args.resume, progress=bar)
     except FileExistsError as e:
         raise NucleaizerError(str(e)) from None
     bar.close()
@@ -166,6 +178,7 @@ def annotations_for(inputs, folder):
 
 def cmd_adapt(args):
     from .style.adapt import AdaptConfig, adapt
+    from .style.progress import ProgressLog
 
     cfg = AdaptConfig(base_model=args.model, preset=args.preset,
                       min_cluster_size=args.min_cluster_size, max_clusters=args.max_clusters,
@@ -176,27 +189,8 @@ def cmd_adapt(args):
                       iterations=args.iterations, masks_from=args.masks_from,
                       min_reliable_share=args.min_reliable_share, seed=args.seed, threads=args.threads, device=args.device)
     annotations = annotations_for(args.inputs, args.annotations) if args.annotations else None
-    bar = _progress_bar(1, "adapt")
-    state = {"stage": None}
-
-    def progress(stage, done, total, info):
-        label = stage if "round" not in info else (  # iterations > 1
-            f"round {info['round']}/{info['rounds']}: {stage}")
-        if label != state["stage"]:
-            state["stage"] = label
-            bar.reset(total=total)
-            bar.set_description(f"adapt: {label}")
-            bar.unit = "step" if stage in ("styles", "finetune", "finetune_unet") else "it"
-        bar.n = done
-        if "loss" in info:
-            bar.set_postfix(loss=f"{info['loss']:.3f}", refresh=False)
-        elif "style" in info:
-            bar.set_postfix(style=info["style"], refresh=False)
-        if done == total or done % 10 == 0 or stage in ("masks", "cluster", "package"):
-            bar.refresh()
-
-    result = adapt(args.inputs, args.out, annotations=annotations, config=cfg,
-                   progress=progress)
+    bar = ProgressLog(bar=None)
+    result = adapt(args.inputs, args.out, annotations=annotations, config=cfg, progress=bar)
     bar.close()
     print("\n".join(result.report()))
     print(f"adapted model in {result.model_dir} (model.json, style_sheet.png, "
@@ -226,19 +220,9 @@ def cmd_tune(args):
     from .tune import tune, write_tuned_model
 
     pairs = _annotated_pairs(args.images, args.truth)
-    bar = _progress_bar(len(pairs), "tune")
-
-    def progress(done, total, info):
-        if bar.total != total:
-            bar.reset(total=total)
-            bar.set_description(f"tune ({info.get('stage')})")
-        bar.n = done
-        if "dsb" in info:
-            bar.set_postfix(dsb=f"{info['dsb']:.4f}", refresh=False)
-        bar.refresh()
-
+    bar = ProgressCallback("tune", unit="it", bar=None)
     result = tune(pairs, model=args.model, device=args.device, rounds=args.rounds,
-                  progress=progress)
+                  progress=bar)
     bar.close()
     print(result.report())
     if args.dry_run:
@@ -311,6 +295,7 @@ def main(argv=None):
             from .device import set_cpu_threads
 
             set_cpu_threads(args.threads)
+        _log_progress_to_stderr()
         return COMMANDS[args.command](args)
     except NucleaizerError as e:
         _fail(str(e))

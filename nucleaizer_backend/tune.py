@@ -16,6 +16,7 @@ from .errors import NucleaizerError
 from .evaluate import score_image
 from .inference import NetworkOutputs, infer, postprocess, postprocess_params
 from .models.io import load_model
+from .progress import ProgressCallback
 from .refine import PostprocessParams
 
 GRID = {
@@ -99,9 +100,12 @@ def tune(pairs, model=None, device="auto", diameters=None, rounds=2, progress=No
     loaded on ``device``) on ``pairs`` [(name, image, true labels)].
 
     diameters: optional {name: nucleus diameter px}; otherwise sizes are estimated, as when
-    segmenting. grid: {parameter: values} to search (default GRID). Returns a TuneResult
-    (parameters start from the model's current ones)."""
+    segmenting. grid: {parameter: values} to search (default GRID). progress:
+    ``progress(done, total, info)`` with ``info["stage"]`` "networks" (images) then "search"
+    (parameter sets tried); default: lines through the ``nucleaizer`` logger at intervals.
+    Returns a TuneResult (parameters start from the model's current ones)."""
     grid = grid or GRID
+    progress = progress or ProgressCallback("tune", bar=False)
     if not pairs:
         raise NucleaizerError("no annotated images to tune on")
     model = load_model(model, device)
@@ -110,10 +114,9 @@ def tune(pairs, model=None, device="auto", diameters=None, rounds=2, progress=No
     cached = []
     for i, (name, image, truth) in enumerate(pairs):
         cached.append(cache_image(model, name, image, truth, low, (diameters or {}).get(name)))
-        if progress:
-            progress(i + 1, len(pairs), {"stage": "networks"})
-    return search(cached, start, rounds, grid, progress=progress and (
-        lambda d, t, info: progress(d, t, dict(info, stage="search"))))
+        progress(i + 1, len(pairs), {"stage": "networks"})
+    return search(cached, start, rounds, grid,
+                  progress=lambda d, t, info: progress(d, t, dict(info, stage="search")))
 
 
 def write_tuned_model(result, model, out=None, tuned_on=""):

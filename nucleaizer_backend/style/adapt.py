@@ -47,6 +47,7 @@ from pathlib import Path
 from .config import PRESETS, STAGES, AdaptConfig, Settings  # noqa: F401 (re-exported)
 from .inputs import (default_replay_dir, find_base_model, read_annotations,  # noqa: F401
                      read_replay_index, read_targets, replay_folder)
+from .progress import ProgressLog
 from .jobs import (JOB_FILE, ROUNDS_FILE, WORK_DIR, WorkFolder, check_out, check_rounds_out,
                    job_record, run_stages, write_json)
 from .result import AdaptResult, round_result
@@ -67,11 +68,13 @@ def adapt(images, out, annotations=None, config=None, progress=None):
     annotations: optional {image name: label array or label file} (GTstyle: used as those
     images' masks instead of preseg's); config: AdaptConfig; progress: ``progress(stage,
     done, total, info)`` called as each stage goes on (stage in STAGES; a finished stage is
-    reported once with ``info["resumed"] = True``).
+    reported once with ``info["resumed"] = True``); default: lines through the
+    ``nucleaizer`` logger at intervals (ProgressLog).
 
     Raises NucleaizerError (InputImageError, ModelFileError) for what a user can fix.
     """
     cfg = config or AdaptConfig()
+    progress = progress or ProgressLog()
     if cfg.resolved().iterations > 1:
         return _adapt_rounds(images, out, annotations, cfg, progress)
     return _adapt_round(images, out, annotations, cfg, progress)

@@ -23,6 +23,7 @@ from .batches import crop_batches, sampling_weights, training_items
 from .data import load_dataset, read_styles
 from .runs import RunFolder, plot_curve, seeded_start
 from .validate import validate
+from ..progress import ProgressCallback
 
 
 #: what a call may change when it resumes a run: its length and the machine settings
@@ -165,10 +166,12 @@ def network_meta(cfg, step, extra=None):
 def train(cfg, resume=False, progress=None, items=None):
     """Train (or with ``resume``, continue) a network as described by ``cfg``.
 
-    ``progress(step, total, info)`` is called after every step. ``items``: the training
+    ``progress(step, total, info)`` is called after every step (default: a line through
+    the ``nucleaizer`` logger at intervals, progress.ProgressCallback). ``items``: the training
     images of ``cfg`` already loaded by ``training_items(cfg)``, for a process that trains
     in several calls (loaded here when None). Returns the run folder path.
     """
+    progress = progress or ProgressCallback("train", bar=False)
     run = RunFolder(cfg.out)
     cfg = run.begin(cfg, resume, CALL_FIELDS,
                     f"{run.dir} holds a run already: use --resume, or another --out")
@@ -216,8 +219,7 @@ def train(cfg, resume=False, progress=None, items=None):
         losses = optimisation_step(model, optimizer, params, images, targets, use_amp)
         step += 1
         window.append(losses)
-        if progress:
-            progress(step, cfg.steps, {"loss": window[-1]["loss"], "lr": lr})
+        progress(step, cfg.steps, {"loss": window[-1]["loss"], "lr": lr})
         out_of_time = cfg.max_minutes is not None and time.time() - t_start > 60 * cfg.max_minutes
         last = step == cfg.steps or out_of_time
         if step % 20 == 0 or last:

@@ -5,6 +5,7 @@ interrupted + resumed run equals an uninterrupted one) and that checkpoints are 
 ``weights_only=True`` (a pickle that would run code is refused).
 """
 import json
+import re
 import shutil
 from dataclasses import asdict
 
@@ -71,6 +72,9 @@ def test_train_and_resume_with_cli(train_data, tmp_path, capsys):
 
     args[args.index("--steps") + 1] = "3"
     assert cli.main(args + ["--resume"]) == 0
+    # no terminal: timed progress lines, counting from the step resumed at
+    assert re.search(r"^\d\d:\d\d:\d\d train 3/3 step \(100%\), .*loss \d",
+                     capsys.readouterr().err, re.M)
     state = model_state(run)
     assert state["step"] == 3
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]

@@ -1,6 +1,7 @@
 """The ``nucleaizer`` command (in-process through ``cli.main`` and as real subprocesses)."""
 import csv
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -19,8 +20,12 @@ def read_csv(path):
         return list(csv.DictReader(f))
 
 
+PROGRESS_LINE = re.compile(r"^\d\d:\d\d:\d\d \S+ \d+/\d+ ")  # '19:40:01 segment 3/7 img ...'
+
+
 def error_lines(err):
-    lines = [line for line in err.splitlines() if line.strip()]
+    """The lines of ``err`` other than progress lines, all one-line errors."""
+    lines = [line for line in err.splitlines() if line.strip() and not PROGRESS_LINE.match(line)]
     assert "Traceback" not in err
     assert all(line.startswith("nucleaizer: error: ") for line in lines), err
     return lines
@@ -149,7 +154,8 @@ def test_estimate_size_csv(example_images_dir, example_index, tmp_path, capsys):
     table = tmp_path / "sizes.csv"
     rc = cli.main(["estimate-size", *paths, "--csv", str(table), "--device", "cpu"])
     cap = capsys.readouterr()
-    assert rc == 0 and cap.err.strip() == ""
+    assert rc == 0 and error_lines(cap.err) == []
+    assert "estimate-size 2/2 img (100%)" in cap.err  # progress lines when no terminal
     rows = read_csv(table)
     assert [r["image"] for r in rows] == [f"{n}.png" for n in names]
     truth = {r["id"]: float(r["median_diameter_px"]) for r in example_index}
@@ -260,6 +266,11 @@ def test_console_script_segment(example_images_dir, tmp_path, subprocess_env):
     rows = read_csv(out / "summary.csv")
     assert [row["image"] for row in rows] == ["corrupt.png", "fluo_0e5edb072788.png"]
     assert rows[0]["error"] and not rows[1]["error"]
+    # no terminal: progress as timed log lines, the first and the last always
+    progress = [line for line in r.stderr.splitlines() if PROGRESS_LINE.match(line)]
+    assert [line.split(",")[0][9:] for line in progress] == [
+        "segment 1/2 img (50%)", "segment 2/2 img (100%)"], r.stderr
+    assert "ETA" in progress[0] and re.search(r"[0-9.]+ (s/img|img/s)", progress[0])
 
 
 def test_version(capsys):

@@ -19,7 +19,7 @@ from nucleaizer_backend.imageio_utils import read_image
 from nucleaizer_backend.models.io import (DEFAULT_MODEL_DIR, INFO_FILE, MAIN_FILE, PRESEG_FILE,
                                          UNET_FILE)
 from nucleaizer_backend.overlay import outline_mask
-from nucleaizer_backend.style import (AdaptationInfo, ProgressLog, holds_other_files,
+from nucleaizer_backend.style import (AdaptationInfo, holds_other_files,
                                       read_adaptation_info)
 from nucleaizer_backend.style.adapt import STAGES, default_replay_dir, read_replay_index
 from nucleaizer_backend.train.data import load_dataset, read_labels
@@ -201,20 +201,6 @@ def test_adaptation_info_of_a_model_folder(adapted, tmp_path):
     # whether an adaptation would refuse the folder
     assert not holds_other_files(out) and holds_other_files(out, iterations=2)
     assert not holds_other_files(tmp_path / "nowhere") and holds_other_files(tmp_path / "bad")
-
-
-def test_progress_log_lines():
-    lines = []
-    log = ProgressLog(lines.append, every=3600)
-    log("masks", 1, 1, {"resumed": True})
-    for step in range(1, 4):
-        log("styles", step, 3, {"style": 1})
-    log("finetune", 1, 2, {"loss": 0.5})
-    log("masks", 2, 2, {"round": 2, "rounds": 2})
-    assert lines == ["nucleus masks: finished in an earlier run",
-                     "style models (pix2pix) 1/3, style 1", "style models (pix2pix) 3/3, style 1",
-                     "fine-tuning the main network 1/2, loss 0.500",
-                     "round 2 of 2: nucleus masks 2/2"]
 
 
 # ----------------------------------------------------------------------------- pinned outputs
