@@ -19,12 +19,17 @@ Network outputs and post-processing separately (to post-process one image many w
 
 No CellProfiler import lives in this package.
 """
+import logging
+
 from . import evaluate
 from .errors import InputImageError, ModelFileError, NucleaizerError
 from .segment import Model, SegmentationResult, estimate_size, segment, segment_image
 from .size import SizeEstimate
 from .style.adapt import AdaptConfig, AdaptResult, adapt
 
+# Warnings (a degenerate image) go to the application's logging (CellProfiler's log); none are
+# printed by Python's last-resort handler where logging is not set up (the CLI prints its own).
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 load_model = Model.load  # the name of earlier releases
 __version__ = "0.1.0"
 __all__ = ["Model", "segment", "segment_image", "estimate_size", "load_model", "evaluate",

@@ -1,21 +1,31 @@
 """The ``nucleaizer`` command: segment, estimate-size, train, adapt, tune, evaluate.
 
-User mistakes (unreadable image, 3D stack, missing model) print one line and set the exit
-status; one bad image in a folder does not stop the others.
+User mistakes print one line (``nucleaizer: error: ...``, naming the file or option) and set
+the exit status: 2 when nothing could be done (a bad option, model, model.json or output
+folder; checked before any image), 1 when some images of a batch failed (one bad image, or a
+label file that cannot be written, does not stop the others). Degenerate images (1x1,
+constant, all NaN) are no error: empty labels and a ``nucleaizer: warning: ...`` line.
 """
 import csv
 import json
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import NucleaizerError
+from .errors import ModelFileError, NucleaizerError, OptionError
 from .progress import Progress, ProgressCallback
 
 EXIT_USAGE, EXIT_SOME_FAILED = 2, 1
+#: errors that stop a batch (exit status 2): the model or an option is wrong for every image
+FATAL_ERRORS = (ModelFileError, OptionError)
 
 
 def _fail(msg):
     print(f"nucleaizer: error: {msg}", file=sys.stderr)
+
+
+def _warn(msg):
+    print(f"nucleaizer: warning: {msg}", file=sys.stderr)
 
 
 def _about(path, err):
@@ -25,7 +35,7 @@ def _about(path, err):
 
 
 def _log_progress_to_stderr():
-    """Progress lines (progress.Progress) of the ``nucleaizer`` logger on stderr, with the
+    """Progress lines (progress.Progress) of progress.LOGGER on stderr, with the
     time: what a cluster job's log shows when there is no terminal for a bar."""
     import logging
 
@@ -34,7 +44,7 @@ def _log_progress_to_stderr():
             self.stream = sys.stderr
             super().emit(record)
 
-    logger = logging.getLogger("nucleaizer")
+    logger = logging.getLogger("nucleaizer_backend.progress")
     if not logger.handlers:
         handler = CurrentStderr()
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
@@ -43,53 +53,120 @@ def _log_progress_to_stderr():
         logger.propagate = False
 
 
-def cmd_segment(args):
-    from .imageio_utils import list_images, read_image, write_labels
-    from .segment import segment_image
+SUMMARY_FIELDS = ("image", "nuclei", "diameter_px", "scale", "size_reliable", "seconds",
+                  "error", "labels", "note")
 
+
+def cmd_segment(args):
+    from .imageio_utils import list_images, make_output_folder, output_stems
+
+    check_segment_options(args)
     paths = list_images(args.inputs)
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    rows, failed = [], 0
+    out = make_output_folder(args.output)
+    stems = output_stems(paths)
+    failed = 0
     bar = Progress(len(paths), "segment")
-    for done, p in enumerate(paths, 1):
-        try:
-            image = read_image(p)
-            r = segment_image(image, model=args.model, diameter=args.diameter,
-                              device=args.device, confidence=args.confidence,
-                              refine=_refine_level(args), tta=args.tta,
-                              postprocess=_postprocess_overrides(args))
-            write_labels(out / f"{p.stem}.tif", r.labels)
-            if args.overlays:
-                _write_overlay(out / "overlays" / f"{p.stem}.png", image, r.labels)
-            rows.append({"image": p.name, "nuclei": r.count, "diameter_px": round(r.diameter, 2),
-                         "scale": round(r.scale, 4),
-                         "size_reliable": "" if r.size_estimate is None else r.size_estimate.reliable,
-                         "seconds": round(r.seconds, 3), "error": ""})
-            bar.update(done, f"{r.count} nuclei")
-        except NucleaizerError as e:
-            if "model" in type(e).__name__.lower():
-                raise
-            failed += 1
-            _fail(_about(p, e))
-            rows.append({"image": p.name, "nuclei": "", "diameter_px": "", "scale": "",
-                         "size_reliable": "", "seconds": "", "error": _about(p, e)})
-            bar.update(done, "failed")
+    with summary_writer(out / "summary.csv", SUMMARY_FIELDS) as write_row:
+        for done, (p, stem) in enumerate(zip(paths, stems), 1):
+            row = segment_one(p, out, stem, args)
+            failed += bool(row["error"])
+            write_row(row)
+            bar.update(done, "failed" if row["error"] else f"{row['nuclei']} nuclei")
     bar.close()
-    _write_csv(out / "summary.csv", rows)
     print(f"{len(paths) - failed} of {len(paths)} images segmented; labels"
           f"{', overlays/' if args.overlays else ''} and summary.csv in {out}")
     return EXIT_SOME_FAILED if failed else 0
+
+
+def check_segment_options(args):
+    """The options of ``segment`` that can be wrong, checked before any image is read:
+    the model (and its model.json), the confidence and the p-value overrides (each in its
+    range). ModelFileError / OptionError: one line, exit status 2."""
+    from .models.io import check_model_path
+    from .refine import check_param
+
+    check_model_path(args.model)
+    if args.confidence is not None:
+        check_param("confidence", args.confidence, "--confidence")
+    for name, value in _postprocess_overrides(args).items():
+        check_param(name, value, f"--{name}")
+
+
+def segment_one(path, out, stem, args):
+    """Segment the image file ``path``, write ``out``/``stem``.tif (and the overlay); its
+    summary row. A problem of this image alone (unreadable, 3D, labels not writable) is
+    printed and recorded in the row's error; one of the model or options is raised."""
+    from .imageio_utils import read_image, write_labels
+    from .segment import segment_image
+
+    row = dict.fromkeys(SUMMARY_FIELDS, "")
+    row.update(image=path.name, note=_renamed_note(path, stem))
+    try:
+        image = read_image(path)
+        r = segment_image(image, model=args.model, diameter=args.diameter,
+                          device=args.device, confidence=args.confidence,
+                          refine=_refine_level(args), tta=args.tta,
+                          postprocess=_postprocess_overrides(args))
+        write_labels(out / f"{stem}.tif", r.labels)
+        if args.overlays:
+            _write_overlay(out / "overlays" / f"{stem}.png", image, r.labels)
+    except FATAL_ERRORS:
+        raise
+    except NucleaizerError as e:
+        _fail(_about(path, e))
+        return dict(row, error=_about(path, e))
+    if r.degenerate:
+        _warn(f"{path}: degenerate image ({r.degenerate}): no nuclei")
+    return _result_row(row, r, stem)
+
+
+def _result_row(row, r, stem):
+    """Summary ``row`` completed with the SegmentationResult ``r`` (labels in stem.tif):
+    diameter in px, scale (working / original), seconds of wall time."""
+    notes = [row["note"]] + ([f"degenerate image ({r.degenerate})"] if r.degenerate else [])
+    return dict(row, nuclei=r.count, diameter_px=round(r.diameter, 2), scale=round(r.scale, 4),
+                size_reliable="" if r.size_estimate is None else r.size_estimate.reliable,
+                seconds=round(r.seconds, 3), labels=f"{stem}.tif",
+                note="; ".join(n for n in notes if n))
+
+
+def _renamed_note(path, stem):
+    """The summary's note for an input whose labels are not named after its own stem."""
+    if stem == path.stem:
+        return ""
+    return f"labels named {stem}.tif: another input has the stem {path.stem}"
+
+
+@contextmanager
+def summary_writer(path, fields):
+    """A function that writes one row (dict of ``fields``) of the CSV file ``path`` and
+    flushes it, so that a stopped batch keeps the rows of the images done."""
+    from .imageio_utils import output_file
+
+    with output_file(path, "summary"):
+        f = open(path, "w", newline="")
+    with f:
+        writer = csv.DictWriter(f, fieldnames=list(fields))
+        writer.writeheader()
+        f.flush()
+
+        def write_row(row):
+            writer.writerow(row)
+            f.flush()
+
+        yield write_row
 
 
 def _write_overlay(path, image, labels):
     """PNG of ``image`` with the outlines of ``labels`` (overlay.overlay_outlines)."""
     import imageio.v3 as iio
 
+    from .imageio_utils import output_file
     from .overlay import overlay_outlines
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    iio.imwrite(path, overlay_outlines(image, labels))
+    with output_file(path, "overlay"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        iio.imwrite(path, overlay_outlines(image, labels))
 
 
 def _refine_level(args):
@@ -104,8 +181,10 @@ def _postprocess_overrides(args):
 
 def cmd_estimate_size(args):
     from .imageio_utils import list_images, read_image
+    from .models.io import check_model_path
     from .segment import estimate_size
 
+    check_model_path(args.model)
     rows, failed = [], 0
     paths = list_images(args.inputs)
     bar = Progress(len(paths), "estimate-size", bar=False)  # on a terminal: the table
@@ -116,9 +195,9 @@ def cmd_estimate_size(args):
                          "spread": round(e.spread, 3), "count": e.count, "reliable": e.reliable})
             print(f"{p.name}\t{e.median_diameter:.1f} px\t(spread {e.spread:.2f}, "
                   f"{e.count} nuclei{'' if e.reliable else ', UNRELIABLE'})")
+        except FATAL_ERRORS:
+            raise
         except NucleaizerError as err:
-            if "model" in type(err).__name__.lower():
-                raise
             failed += 1
             _fail(_about(p, err))
         bar.update(done)
@@ -283,6 +362,17 @@ def _write_csv(path, rows):
         w.writerows(rows)
 
 
+def check_machine_options(args):
+    """--threads (applied) and --device of any command, before it does any work:
+    OptionError (exit status 2) for a thread count under 1 or an unknown device."""
+    from .device import resolve_device, set_cpu_threads
+
+    if getattr(args, "threads", None) is not None:
+        set_cpu_threads(args.threads)
+    if getattr(args, "device", None) is not None:
+        resolve_device(args.device)
+
+
 COMMANDS = {"segment": cmd_segment, "estimate-size": cmd_estimate_size, "train": cmd_train, "adapt": cmd_adapt, "tune": cmd_tune, "evaluate": cmd_evaluate}
 
 
@@ -291,10 +381,7 @@ def main(argv=None):
 
     args = build_parser().parse_args(argv)
     try:
-        if getattr(args, "threads", None) is not None:
-            from .device import set_cpu_threads
-
-            set_cpu_threads(args.threads)
+        check_machine_options(args)
         _log_progress_to_stderr()
         return COMMANDS[args.command](args)
     except NucleaizerError as e:

@@ -3,20 +3,30 @@ import os
 
 import torch
 
-from .errors import NucleaizerError
+from .errors import OptionError
 
 
 def resolve_device(device="auto"):
-    """'auto' -> CUDA when available, else CPU; 'cpu'/'cuda'/'cuda:N' as given."""
-    device = str(device or "auto").lower()
-    if device == "auto":
+    """'auto' -> CUDA when available, else CPU; 'cpu'/'cuda'/'cuda:N' as given.
+
+    OptionError (one line) for a device that is not one of these or not present."""
+    if isinstance(device, torch.device):
+        device = str(device)
+    name = str(device or "auto").strip().lower()
+    if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise NucleaizerError("device 'cuda' was asked for, but no CUDA GPU is available")
     try:
-        return torch.device(device)
+        dev = torch.device(name)
     except RuntimeError:
-        raise NucleaizerError(f"unknown device {device!r} (use auto, cpu or cuda)") from None
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda", "mps"):
+        raise OptionError(f"unknown device {device!r} (use auto, cpu, cuda or cuda:N)")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise OptionError(f"device {device!r} was asked for, but no CUDA GPU is available")
+    if dev.index is not None and dev.type == "cuda" and dev.index >= torch.cuda.device_count():
+        raise OptionError(f"device {device!r} was asked for, but there are only "
+                          f"{torch.cuda.device_count()} CUDA GPU(s) (cuda:0 ...)")
+    return dev
 
 
 def set_memory_fraction(fraction, device="auto"):
@@ -26,7 +36,7 @@ def set_memory_fraction(fraction, device="auto"):
     Returns True when a limit was set. Call before the first large allocation."""
     fraction = float(fraction)
     if not 0.0 < fraction <= 1.0:
-        raise NucleaizerError(f"GPU memory fraction must be in (0, 1] (got {fraction})")
+        raise OptionError(f"GPU memory fraction must be in (0, 1] (got {fraction})")
     dev = resolve_device(device)
     if dev.type != "cuda":
         return False
@@ -49,5 +59,5 @@ def set_cpu_threads(threads):
     except (TypeError, ValueError):
         threads = 0
     if threads < 1:
-        raise NucleaizerError("the number of CPU threads must be a whole number >= 1")
+        raise OptionError("the number of CPU threads must be a whole number >= 1")
     torch.set_num_threads(threads)

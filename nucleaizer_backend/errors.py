@@ -11,3 +11,18 @@ class InputImageError(NucleaizerError):
 
 class ModelFileError(NucleaizerError):
     """A model file or folder is missing, corrupt or not a nucleAIzer model."""
+
+
+class OptionError(NucleaizerError):
+    """An option or parameter value is invalid (unknown device, p-value out of its range);
+    the CLI checks them before any image is read and exits with status 2."""
+
+
+class OutputFileError(NucleaizerError):
+    """A result cannot be written where it should go (folder not creatable, a folder where
+    a file should be); one image's label file failing does not stop a batch."""
+
+
+class CheckpointError(NucleaizerError):
+    """A training run cannot be resumed from its checkpoint (truncated, corrupt, or holding
+    Python objects that are not loaded)."""

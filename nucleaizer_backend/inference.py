@@ -14,10 +14,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from .detect import DEFAULT_TILE, detect
-from .errors import InputImageError, NucleaizerError
+from .errors import InputImageError, ModelFileError, NucleaizerError, OptionError
 from .foreground import foreground_probability
 from .geometry import choose_scale
-from .preprocess import normalize_image
+from .models.io import model_info_file
+from .preprocess import normalize_image, to_hwc
 from .refine import PostprocessParams, keep_confident, refine as refine_labels, restrict_to_mask
 from .size import SIZE_CONFIDENCE, SizeEstimate, find_nuclei
 from .tta import segment_with_tta
@@ -40,6 +41,8 @@ class NetworkOutputs:
     None (not asked for, or a model without U-Net); mask_probability: (H, W) float32 max
     Mask R-CNN mask probability over the detections, or None (not asked for).
     tta: the labels are the merge of the test-time augmented versions.
+    degenerate: why the image holds nothing to find (too small, all NaN, constant; see
+    degenerate_reason), "" for an ordinary image.
     """
 
     labels: np.ndarray
@@ -52,6 +55,7 @@ class NetworkOutputs:
     unet_probability: np.ndarray = None
     mask_probability: np.ndarray = None
     tta: bool = False
+    degenerate: str = ""
 
     @property
     def shape(self):
@@ -68,6 +72,25 @@ class NetworkOutputs:
 def nothing_to_find(norm):
     """True for a normalised image too small or too flat to hold a nucleus."""
     return min(norm.shape[:2]) < MIN_SIDE or not norm.any()
+
+
+def degenerate_reason(image, norm):
+    """Why ``image`` (its normalize_image ``norm``) holds nothing to find, in words: fewer
+    than MIN_SIDE px on a side, no finite pixel value, or one value everywhere; "" when it
+    may hold nuclei."""
+    h, w = norm.shape[:2]
+    if min(h, w) < MIN_SIDE:
+        return f"{h}x{w} px, smaller than {MIN_SIDE}x{MIN_SIDE} px"
+    if norm.any():
+        return ""
+    pixels = to_hwc(image)
+    finite = pixels[np.isfinite(pixels)]
+    if not finite.size:
+        return "no finite pixel value: all NaN or infinite"
+    if finite.min() == finite.max():
+        return f"constant: every {'finite ' if finite.size < pixels.size else ''}pixel is " \
+               f"{float(finite.min()):g}"
+    return "no contrast after normalisation"
 
 
 def preseg_size(model, norm, confidence=SIZE_CONFIDENCE, keep_labels=False):
@@ -107,6 +130,7 @@ def infer(model, image, diameter=None, confidence=0.5, unet=True, mask_probabili
     out = NetworkOutputs(np.zeros(shape, np.uint16), np.zeros(0, np.float32), confidence,
                          float(diameter), scale, clamped, estimate, tta=bool(tta))
     if nothing_to_find(norm):
+        out.degenerate = degenerate_reason(image, norm)
         out.unet_probability = np.zeros(shape, np.float32) if unet else None
         out.mask_probability = np.zeros(shape, np.float32) if mask_probability else None
         return out
@@ -129,19 +153,27 @@ def infer(model, image, diameter=None, confidence=0.5, unet=True, mask_probabili
 def postprocess_params(model, overrides=None, confidence=None):
     """Post-processing parameters: the paper's defaults, updated by those stored with the
     model (model.json "postprocess", e.g. from ``nucleaizer tune``), then by ``overrides``
-    (dict or PostprocessParams) and an explicit ``confidence``."""
+    (dict or PostprocessParams) and an explicit ``confidence``.
+
+    Every value is checked against refine.PARAM_RANGES: ModelFileError naming model.json
+    for a stored one, OptionError for an override (one line, with the allowed range)."""
     values = PostprocessParams().to_dict()
-    values.update(PostprocessParams.from_dict(model.postprocess).to_dict()
-                  if model.postprocess else {})
+    values.update(model_postprocess(model).to_dict())
     if isinstance(overrides, PostprocessParams):
         overrides = overrides.to_dict()
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
     if confidence is not None:
         values["confidence"] = confidence
-    params = PostprocessParams.from_dict(values)
-    if not 0.0 <= params.confidence <= 1.0:
-        raise InputImageError(f"confidence must be between 0 and 1 (got {params.confidence})")
-    return params
+    return PostprocessParams.from_dict(values)
+
+
+def model_postprocess(model):
+    """The PostprocessParams stored with ``model`` (only the values it has are used);
+    ModelFileError naming its model.json when one is out of range."""
+    try:
+        return PostprocessParams.from_dict(model.postprocess)
+    except OptionError as e:
+        raise ModelFileError(f"{model_info_file(model.path)}: \"postprocess\": {e}") from None
 
 
 def check_refine_level(refine):

@@ -5,7 +5,7 @@ terminal, and elsewhere (a cluster job's log, CellProfiler's log) a line through
     segment 120/3456 img (3%), 2.31 s/img, ETA 2 h 08 min
 
 The interval is ``NUCLEAIZER_PROGRESS_SECONDS`` (default 30 s); the first and the last
-update are always logged. Lines go to the ``nucleaizer`` logger at INFO level: the
+update are always logged. Lines go to the ``nucleaizer_backend.progress`` logger at INFO: the
 ``nucleaizer`` command prints them on stderr, and CellProfiler shows them in its log.
 """
 import logging
@@ -13,7 +13,7 @@ import os
 import sys
 import time
 
-LOGGER = logging.getLogger("nucleaizer")
+LOGGER = logging.getLogger(__name__)  # nucleaizer_backend.progress
 DEFAULT_EVERY_S = 30.0
 
 
@@ -62,7 +62,7 @@ class Progress:
 
     ``update(done, extra="")`` after each item; ``close()`` at the end. On a terminal
     (``bar=None`` and stderr a TTY, or ``bar=True``) it draws a tqdm bar; otherwise it calls
-    ``emit(line)`` (default: the ``nucleaizer`` logger at INFO) for the first update, the
+    ``emit(line)`` (default: progress.LOGGER at INFO) for the first update, the
     last, and at most once every ``every`` seconds in between. The clock starts when the
     object is made; the rate counts the items from the first update on (that item included),
     so a resumed run reports its own speed."""

@@ -11,12 +11,40 @@ original px^2; a margin of p4 working px is max(1, round(p4 / scale)) original p
 Order (``refine``): contained objects -> merge surrounded (p1) -> small objects (p2) -> U-Net
 contour correction (p3, p4, p5) -> objects the U-Net does not believe in (p6).
 """
+import math
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 from scipy import ndimage
 
+from .errors import OptionError
 from .labels import label_dtype
+
+#: allowed values of each parameter: (lowest, highest or None for no upper limit); units as
+#: in PostprocessParams (fractions, probabilities, px^2 and px at the working scale)
+PARAM_RANGES = {"p1": (0.0, 1.0), "p2": (0.0, None), "p3": (0.0, 1.0), "p4": (0.0, None),
+                "p5": (0.0, None), "p6": (0.0, 1.0), "confidence": (0.0, 1.0)}
+
+
+def allowed_range(name):
+    """The allowed values of parameter ``name`` in words, e.g. "a number from 0 to 1"."""
+    low, high = PARAM_RANGES[name]
+    return f"a number from {low:g} to {high:g}" if high is not None else f"a number >= {low:g}"
+
+
+def check_param(name, value, label=None):
+    """``value`` of post-processing parameter ``name`` (p1..p6, confidence) as a float;
+    OptionError, one line naming the parameter (as ``label``, default ``name``) and its
+    allowed range, when it is not a finite number in PARAM_RANGES."""
+    low, high = PARAM_RANGES[name]
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if isinstance(value, bool) or not math.isfinite(number) or number < low or (
+            high is not None and number > high):
+        raise OptionError(f"{label or name} must be {allowed_range(name)} (got {value!r})")
+    return number
 
 
 @dataclass
@@ -40,8 +68,10 @@ class PostprocessParams:
 
     @classmethod
     def from_dict(cls, d):
+        """The parameters of dict ``d`` (other keys ignored), each checked by check_param
+        (OptionError naming the first one out of its range)."""
         names = {f.name for f in fields(cls)}
-        return cls(**{k: float(v) for k, v in (d or {}).items() if k in names})
+        return cls(**{k: check_param(k, v) for k, v in (d or {}).items() if k in names})
 
     def to_dict(self):
         return asdict(self)

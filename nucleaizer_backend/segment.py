@@ -4,6 +4,7 @@ estimate_size taking a Model or a model path.
 segment_image = inference.infer (the networks) + inference.postprocess (the rules), with
 the post-processing parameters of the model and the caller (METHOD.md section 2).
 """
+import logging
 import time
 import warnings
 from dataclasses import dataclass, fields
@@ -18,6 +19,7 @@ from .preprocess import normalize_image
 from .refine import PostprocessParams
 from .size import SIZE_CONFIDENCE, SizeEstimate
 
+LOGGER = logging.getLogger(__name__)
 
 @dataclass
 class SegmentationResult:
@@ -33,6 +35,9 @@ class SegmentationResult:
     the model has one, else the Mask R-CNN masks' (max over detections).
     params: the post-processing parameters used; refined, tta: which steps ran.
     seconds: wall time of the whole call.
+    degenerate: why the image could hold no nucleus (e.g. "1x1 px, smaller than 4x4 px",
+    "constant: every pixel is 0.3", "no finite pixel value (all NaN or infinite)"); its
+    labels are then empty. "" for an ordinary image.
     """
 
     labels: np.ndarray
@@ -46,6 +51,7 @@ class SegmentationResult:
     params: PostprocessParams = None
     refined: bool = False
     tta: bool = False
+    degenerate: str = ""
 
     @property
     def count(self):
@@ -131,10 +137,13 @@ def segment_image(image, model=None, diameter=None, device="auto", confidence=No
                     mask_probability=return_probability and model.unet is None,
                     tta=tta, tile_size=tile_size)
     labels, scores = postprocess_outputs(outputs, params, level, mask)
+    if outputs.degenerate:
+        LOGGER.warning("degenerate image (%s): no nuclei", outputs.degenerate)
     return SegmentationResult(labels, scores, outputs.diameter, outputs.scale,
                               outputs.scale_clamped, outputs.size_estimate,
                               outputs.probability if return_probability else None,
-                              time.perf_counter() - t0, params, level != "none", bool(tta))
+                              time.perf_counter() - t0, params, level != "none", bool(tta),
+                              outputs.degenerate)
 
 
 def segment(image, model=None, diameter=None, device="auto", confidence=None, **kwargs):

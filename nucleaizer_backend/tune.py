@@ -102,7 +102,7 @@ def tune(pairs, model=None, device="auto", diameters=None, rounds=2, progress=No
     diameters: optional {name: nucleus diameter px}; otherwise sizes are estimated, as when
     segmenting. grid: {parameter: values} to search (default GRID). progress:
     ``progress(done, total, info)`` with ``info["stage"]`` "networks" (images) then "search"
-    (parameter sets tried); default: lines through the ``nucleaizer`` logger at intervals.
+    (parameter sets tried); default: lines through progress.LOGGER at intervals.
     Returns a TuneResult (parameters start from the model's current ones)."""
     grid = grid or GRID
     progress = progress or ProgressCallback("tune", bar=False)

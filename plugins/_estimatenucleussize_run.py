@@ -19,9 +19,13 @@ from cellprofiler_core.constants.measurement import (
     M_LOCATION_CENTER_Z,
     M_NUMBER_OBJECT_NUMBER,
 )
-from cellprofiler_core.object import Objects
 
-from _nucleaizer_common import backend, collect_group, module_after_providers
+from _nucleaizer_common import (
+    backend,
+    collect_group,
+    module_after_providers,
+    objects_from_labels,
+)
 
 C_NUCLEUS_SIZE = "NucleusSize"
 FTR_MEDIAN_DIAMETER = "MedianDiameter"
@@ -125,16 +129,8 @@ def add_objects(module, workspace, own, image):
     """The nuclei of estimate ``own`` as the module's objects, with the standard
     Count/Location/Number; returns their label image."""
     labels = numpy.asarray(own.labels).astype(numpy.int32)
-    if labels.size < 2:
-        # CellProfiler's object store cannot hold a one-pixel label image.
-        raise backend().InputImageError(
-            "%s: image %r has shape %s; CellProfiler objects need an image of at "
-            "least 2 pixels (the size measurements were recorded)"
-            % (module.module_name, module.image_name.value, labels.shape)
-        )
     name = module.objects_name.value
-    objects = Objects()
-    objects.segmented = labels
+    objects = objects_from_labels(labels)
     objects.parent_image = image
     workspace.object_set.add_objects(objects, name)
     centers = objects.center_of_mass()

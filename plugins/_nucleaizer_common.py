@@ -269,6 +269,22 @@ def segmenters_using(pipeline, module, folder):
     return found
 
 
+def objects_from_labels(labels):
+    """CellProfiler Objects of a 2D label image (int, 0 = background). CellProfiler's dense
+    store fails on an image one pixel high or wide, so such labels are stored as their
+    (i, j, label) pixels with the image's shape."""
+    import numpy
+    from cellprofiler_core.object import Objects
+
+    objects = Objects()
+    if min(labels.shape) >= 2:
+        objects.segmented = labels
+        return objects
+    i, j = numpy.nonzero(labels)
+    objects.set_ijv(numpy.column_stack([i, j, labels[i, j]]).astype(numpy.int32), labels.shape)
+    return objects
+
+
 def show_image(figure, x, y, image, multichannel, title, **kwargs):
     """Show ``image`` in the figure's cell (x, y): a colour image as it is, a grayscale one
     normalised; ``kwargs`` (cplabels, sharexy...) go on to the figure. Returns the axes."""

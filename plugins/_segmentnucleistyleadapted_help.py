@@ -74,6 +74,9 @@ Measurements made by this module
    (check the diameter in that case), else 0.
 -  *Nucleaizer_SizeReliable:* 0 when the automatic size estimate measured fewer than 5
    nuclei (the median of those few, or the default 20 px when none, was used), else 1.
+-  *Nucleaizer_DegenerateImage:* 1 when the image cannot hold a nucleus (smaller than 4x4
+   pixels, one value everywhere, or no finite pixel value, e.g. all NaN): the image gets no
+   nuclei and a warning is logged, and the run goes on; else 0.
 
 **Object measurements:**
 

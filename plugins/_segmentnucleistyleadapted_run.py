@@ -6,12 +6,15 @@ CellProfiler objects, measurements, the probability image and the display's tabl
 Not a module itself: CellProfiler loads the plugin files whose names do not start with "_";
 segmentnucleistyleadapted.py imports this file. Copy it along with the plugins.
 """
+import logging
+
 import numpy
 from cellprofiler_core.constants.measurement import COLTYPE_FLOAT, COLTYPE_INTEGER, IMAGE
 from cellprofiler_core.image import Image
-from cellprofiler_core.object import Objects
 
-from _nucleaizer_common import backend
+from _nucleaizer_common import backend, objects_from_labels
+
+LOGGER = logging.getLogger(__name__)
 
 C_NUCLEAIZER = "Nucleaizer"
 FTR_DIAMETER = "Diameter"
@@ -19,11 +22,13 @@ FTR_SCALE = "Scale"
 FTR_SCALE_CLAMPED = "ScaleClamped"
 FTR_SIZE_RELIABLE = "SizeReliable"
 FTR_CONFIDENCE = "Confidence"
+FTR_DEGENERATE = "DegenerateImage"  # 1: too small, constant or all NaN (no nuclei), else 0
 IMAGE_FEATURES = (
     (FTR_DIAMETER, COLTYPE_FLOAT),
     (FTR_SCALE, COLTYPE_FLOAT),
     (FTR_SCALE_CLAMPED, COLTYPE_INTEGER),
     (FTR_SIZE_RELIABLE, COLTYPE_INTEGER),
+    (FTR_DEGENERATE, COLTYPE_INTEGER),
 )
 M_CONFIDENCE = "%s_%s" % (C_NUCLEAIZER, FTR_CONFIDENCE)
 
@@ -34,7 +39,8 @@ def image_feature(feature, object_name):
 
 
 def check_input(module, image):
-    """InputImageError unless ``image`` is 2D and has at least 2 pixels."""
+    """InputImageError unless ``image`` is 2D. (Degenerate 2D images, even 1x1, are
+    segmented: zero nuclei and the DegenerateImage flag, see add_results.)"""
     nb = backend()
     x_name = module.x_name.value
     if image.volumetric:
@@ -42,13 +48,6 @@ def check_input(module, image):
             "%s segments 2D images, but image %r is a 3D volume (shape %s). Load the "
             "stack as separate 2D planes in NamesAndTypes (uncheck 'Process as 3D')."
             % (module.module_name, x_name, image.pixel_data.shape)
-        )
-    pixels = image.pixel_data
-    if pixels.shape[0] * pixels.shape[1] < 2:
-        # CellProfiler's object store cannot hold a one-pixel label image.
-        raise nb.InputImageError(
-            "%s: image %r has shape %s; CellProfiler objects need an image of at least "
-            "2 pixels" % (module.module_name, x_name, pixels.shape)
         )
 
 
@@ -109,11 +108,11 @@ def segment(module, workspace, image, diameter):
 def add_results(module, workspace, image, result):
     """The segmentation ``result`` as the module's objects (with the standard measurements),
     its image measurements, the nuclei's confidence and the probability image, as the
-    settings ask. Returns (label image, number of objects)."""
+    settings ask; a degenerate image is flagged and logged. Returns (label image, number
+    of objects)."""
     y_name = module.y_name.value
     labels = numpy.asarray(result.labels).astype(numpy.int32)
-    objects = Objects()
-    objects.segmented = labels
+    objects = objects_from_labels(labels)
     objects.parent_image = image
     workspace.object_set.add_objects(objects, y_name)
     module.add_measurements(workspace)
@@ -124,9 +123,12 @@ def add_results(module, workspace, image, result):
         FTR_SCALE: float(result.scale),
         FTR_SCALE_CLAMPED: int(bool(result.scale_clamped)),
         FTR_SIZE_RELIABLE: int(size_reliable(result)),
+        FTR_DEGENERATE: int(bool(result.degenerate)),
     }
     for feature, value in values.items():
         m.add_image_measurement(image_feature(feature, y_name), value)
+    if result.degenerate:
+        warn_degenerate(module, m, result.degenerate)
     if module.want_confidence:
         m.add_measurement(y_name, M_CONFIDENCE, numpy.asarray(result.scores, dtype=float))
 
@@ -138,6 +140,18 @@ def add_results(module, workspace, image, result):
         )
         workspace.image_set.add(module.probability_name.value, probability)
     return labels, objects.count
+
+
+def warn_degenerate(module, measurements, reason):
+    """Log that this image set's input image is degenerate (``reason``) and has no nuclei."""
+    LOGGER.warning(
+        "%s: image %r of image set #%d is degenerate (%s): no nuclei, %s set to 1",
+        module.module_name,
+        module.x_name.value,
+        measurements.image_set_number,
+        reason,
+        image_feature(FTR_DEGENERATE, module.y_name.value),
+    )
 
 
 def size_reliable(result):
@@ -167,4 +181,4 @@ def summary_statistics(result, labels, count, diameter):
         ],
         ["Median confidence", "%.2f" % float(numpy.median(scores)) if len(scores) else "-"],
         ["Time", "%.1f s" % result.seconds],
-    ]
+    ] + ([["Degenerate image", result.degenerate]] if result.degenerate else [])

@@ -276,6 +276,21 @@ class SegmentNucleiStyleAdapted(NucleaizerModule, ImageSegmentation):
             raise ValidationError(
                 "The mask image must not be the image being segmented", self.mask_name
             )
+        if self.params_choice == PARAMS_CUSTOM:
+            self._validate_custom_params()
+
+    def _validate_custom_params(self):
+        """ValidationError on the first custom detection/post-processing value outside the
+        backend's allowed range (refine.PARAM_RANGES), naming the range."""
+        from nucleaizer_backend.errors import OptionError
+        from nucleaizer_backend.refine import check_param
+
+        for name in ("confidence",) + tuple(PAPER_PARAMS):
+            setting = getattr(self, name)
+            try:
+                check_param(name, setting.value, setting.text)
+            except OptionError as e:
+                raise ValidationError(str(e), setting)
 
     def _model_adapted_upstream(self, pipeline):
         """True when an upstream module (TrainStyleAdaptation) writes this module's custom

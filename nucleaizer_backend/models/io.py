@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 
 from ..device import resolve_device
-from ..errors import ModelFileError
+from ..errors import ModelFileError, OptionError
+from ..refine import PostprocessParams
 from .maskrcnn import MaskRCNNConfig, build_maskrcnn
 from .unet import UNetConfig, build_unet
 
@@ -126,7 +127,8 @@ class ModelBundle:
     @property
     def postprocess(self):
         """Post-processing parameters stored with the model (model.json "postprocess")."""
-        return dict(self.info.get("postprocess") or {})
+        info = self.info if isinstance(self.info, dict) else {}
+        return dict(info.get("postprocess") or {})
 
 
 _cache = OrderedDict()  # (path, device) -> (file versions, ModelBundle), oldest use first
@@ -145,10 +147,27 @@ def resolve_model_path(path=None):
 
 def check_model_path(path=None):
     """Raise ModelFileError unless ``path`` (None = shipped default) is a usable model folder
-    or network file; cheap (reads only the main network's metadata)."""
+    or network file; cheap (reads the main network's metadata and model.json, no weights):
+    the main network must be one (not a U-Net or preseg file in its place) and model.json,
+    when there is one, a valid description."""
     p = resolve_model_path(path)
-    read_network_meta(p / MAIN_FILE if p.is_dir() else p)
+    main_file, _, _, info_file = model_files(p)
+    check_kind(main_file, read_network_meta(main_file), "main")
+    read_model_info(info_file)
     return p
+
+
+def check_kind(path, meta, role):
+    """ModelFileError unless the network file ``path`` with metadata ``meta`` can serve as
+    the ``role`` network (main, preseg or unet) of a model; files without a kind count as
+    main networks (as load_network builds them)."""
+    kind = meta.get("kind", "main")
+    fits = {"main": ("main",), "preseg": ("preseg", "main"), "unet": ("unet",)}[role]
+    if kind not in fits:
+        what = {"main": "Mask R-CNN main network", "preseg": "size-estimation (preseg) "
+                "network", "unet": "contour U-Net"}[role]
+        raise ModelFileError(f"{path}: a {kind!r} network, but the {role} network of a model "
+                             f"({NETWORK_FILES[role]}) must be a {what}")
 
 
 def _network_file(folder, name):
@@ -158,15 +177,42 @@ def _network_file(folder, name):
     return DEFAULT_MODEL_DIR / name if (DEFAULT_MODEL_DIR / name).is_file() else None
 
 
+def model_info_file(path):
+    """The model.json that belongs to a model folder or network file ``path``."""
+    path = Path(path)
+    return (path if path.is_dir() else path.parent) / INFO_FILE
+
+
 def read_model_info(info_file):
-    """The model description (model.json) as a dict; {} when the file does not exist."""
+    """The model description (model.json) as a dict; {} when the file does not exist.
+    ModelFileError (one line naming the file) when it is not JSON, not a JSON object, or
+    its "postprocess" values are not numbers in their ranges (refine.PARAM_RANGES)."""
     info_file = Path(info_file)
     if not info_file.is_file():
         return {}
     try:
-        return json.loads(info_file.read_text())
-    except json.JSONDecodeError:
-        raise ModelFileError(f"{info_file}: corrupt model description") from None
+        info = json.loads(info_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ModelFileError(f"{info_file}: corrupt model description (not JSON)") from None
+    if not isinstance(info, dict):
+        raise ModelFileError(f"{info_file}: not a model description (a JSON object is "
+                             f"expected, found a {type(info).__name__})")
+    check_postprocess_entry(info_file, info.get("postprocess"))
+    return info
+
+
+def check_postprocess_entry(info_file, post):
+    """ModelFileError naming ``info_file`` unless model.json's "postprocess" entry ``post``
+    is absent or an object of valid parameter values (unknown keys are ignored)."""
+    if post is None:
+        return
+    if not isinstance(post, dict):
+        raise ModelFileError(f"{info_file}: \"postprocess\" must be an object of p1..p6 and "
+                             f"confidence (found a {type(post).__name__})")
+    try:
+        PostprocessParams.from_dict(post)
+    except OptionError as e:
+        raise ModelFileError(f"{info_file}: \"postprocess\": {e}") from None
 
 
 def _mtime(path):
@@ -177,8 +223,8 @@ def model_files(path):
     """The files a model folder or main network file ``path`` (resolved) loads from:
     (main, preseg, unet or None, model.json), missing networks taken from the default."""
     main_file = path / MAIN_FILE if path.is_dir() else path
-    info_file = (path if path.is_dir() else path.parent) / INFO_FILE
-    return main_file, _network_file(path, PRESEG_FILE), _network_file(path, UNET_FILE), info_file
+    return (main_file, _network_file(path, PRESEG_FILE), _network_file(path, UNET_FILE),
+            model_info_file(path))
 
 
 def load_model(model=None, device="auto"):
@@ -208,8 +254,15 @@ def load_model(model=None, device="auto"):
 
 def _load_bundle(path, files, device):
     main_file, preseg_file, unet_file, info_file = files
-    main, main_meta = load_network(main_file, device)
-    preseg, preseg_meta = load_network(preseg_file, device)
-    unet, unet_meta = load_network(unet_file, device) if unet_file else (None, None)
-    return ModelBundle(path, main, preseg, main_meta, preseg_meta, read_model_info(info_file),
-                       unet, unet_meta, device)
+    info = read_model_info(info_file)  # first: a bad description fails before any weights
+    main, main_meta = _load_role(main_file, "main", device)
+    preseg, preseg_meta = _load_role(preseg_file, "preseg", device)
+    unet, unet_meta = _load_role(unet_file, "unet", device) if unet_file else (None, None)
+    return ModelBundle(path, main, preseg, main_meta, preseg_meta, info, unet, unet_meta,
+                       device)
+
+
+def _load_role(path, role, device):
+    """load_network of ``path`` after checking (check_kind) that it fits ``role``."""
+    check_kind(path, read_network_meta(path), role)
+    return load_network(path, device)

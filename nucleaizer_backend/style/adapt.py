@@ -69,7 +69,7 @@ def adapt(images, out, annotations=None, config=None, progress=None):
     images' masks instead of preseg's); config: AdaptConfig; progress: ``progress(stage,
     done, total, info)`` called as each stage goes on (stage in STAGES; a finished stage is
     reported once with ``info["resumed"] = True``); default: lines through the
-    ``nucleaizer`` logger at intervals (ProgressLog).
+    ``nucleaizer_backend.progress`` logger at intervals (ProgressLog).
 
     Raises NucleaizerError (InputImageError, ModelFileError) for what a user can fix.
     """

@@ -24,7 +24,7 @@ class ProgressLog:
     lines such as "style models (pix2pix) 12/300 step (4%), 1.20 s/step, ETA 5 min 45 s,
     style 0", "round 2 of 2: nucleus masks 4/4 img (100%), ..." or "nucleus masks: finished
     in an earlier run"; a repeated line is not emitted twice. ``emit(line)``: where lines go
-    (default: the ``nucleaizer`` logger); ``bar``: as Progress (None: a bar on a terminal
+    (default: progress.LOGGER); ``bar``: as Progress (None: a bar on a terminal
     when ``emit`` is not given)."""
 
     def __init__(self, emit=None, every=None, bar=False, clock=None):

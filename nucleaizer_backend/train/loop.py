@@ -134,14 +134,23 @@ def resume_state(run, model, optimizer, device, rng):
     validation score, step the re-warm-up starts at or None); (0, -1, None) for a new run."""
     if run.checkpoint.is_file():
         state = run.load_checkpoint(device, rng)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError):
+            raise run.unusable("its weights do not fit the run's network (config.json)") \
+                from None
         return int(state["step"]), float(state["best"]), None
     if run.compact.is_file():
+        from ..errors import ModelFileError
         from ..models.io import load_network
 
         network, meta = load_network(run.compact)
-        model.load_state_dict(network.state_dict())
+        try:
+            model.load_state_dict(network.state_dict())
+        except RuntimeError:
+            raise ModelFileError(f"{run.compact}: its weights do not fit the run's network "
+                                 f"(config.json); {run.start_afresh()}") from None
         step = int(meta["steps"])
         run.append_log({"event": "resumed from resume.safetensors (optimiser reset)",
                         "step": step})
@@ -167,7 +176,7 @@ def train(cfg, resume=False, progress=None, items=None):
     """Train (or with ``resume``, continue) a network as described by ``cfg``.
 
     ``progress(step, total, info)`` is called after every step (default: a line through
-    the ``nucleaizer`` logger at intervals, progress.ProgressCallback). ``items``: the training
+    progress.LOGGER at intervals, progress.ProgressCallback). ``items``: the training
     images of ``cfg`` already loaded by ``training_items(cfg)``, for a process that trains
     in several calls (loaded here when None). Returns the run folder path.
     """

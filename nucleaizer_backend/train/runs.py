@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from ..device import resolve_device
+from ..errors import CheckpointError
 
 
 def read_run_log(path):
@@ -46,12 +47,29 @@ class RunFolder:
         config_file = self.dir / "config.json"
         started = self.checkpoint.is_file() or self.compact.is_file()
         if resume and started:
-            stored = json.loads(config_file.read_text())
+            stored = self.stored_config(config_file)
             cfg = type(cfg)(**{**stored, **{k: getattr(cfg, k) for k in call_fields}})
         elif started:
             raise FileExistsError(in_use)
         self.write_config(cfg)
         return cfg
+
+    def stored_config(self, config_file):
+        """The dict of a run's config.json; CheckpointError (one line) when it is missing
+        or not a JSON object."""
+        try:
+            stored = json.loads(config_file.read_text())
+        except (OSError, ValueError):
+            stored = None
+        if not isinstance(stored, dict):
+            raise CheckpointError(f"{config_file}: missing or corrupt, so the run cannot be "
+                                  f"resumed; {self.start_afresh()}")
+        return stored
+
+    def start_afresh(self):
+        """What to do when a run cannot be resumed, in words."""
+        return (f"start a fresh run with another --out, or put a good checkpoint.pt (or "
+                f"resume.safetensors) of this run into {self.dir}")
 
     def write_config(self, cfg):
         (self.dir / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
@@ -74,11 +92,38 @@ class RunFolder:
 
     def load_checkpoint(self, device, rng):
         """The saved state (loaded with ``weights_only=True``: no code runs); restores the
-        numpy ``rng``'s and torch's random states."""
-        state = torch.load(self.checkpoint, map_location=device, weights_only=True)
-        rng.bit_generator.state = json.loads(state["numpy_rng"])
-        torch.set_rng_state(state["torch_rng"])
+        numpy ``rng``'s and torch's random states. CheckpointError (one line naming the
+        file) when it is truncated, corrupt, holds Python objects or lacks an entry."""
+        try:
+            state = torch.load(self.checkpoint, map_location=device, weights_only=True)
+        except Exception as e:  # torch's own text suggests unsafe loading: not shown
+            raise self.unusable(checkpoint_problem(e)) from None
+        try:
+            _ = state["model"], state["optimizer"], int(state["step"]), float(state["best"])
+            numpy_rng = json.loads(state["numpy_rng"])
+            torch_rng = state["torch_rng"]
+        except Exception:
+            raise self.unusable("not a checkpoint of this training loop (entries missing)") \
+                from None
+        rng.bit_generator.state = numpy_rng
+        torch.set_rng_state(torch_rng)
         return state
+
+    def unusable(self, problem):
+        """The CheckpointError of checkpoint.pt with ``problem``."""
+        return CheckpointError(f"{self.checkpoint}: cannot resume from it: {problem}; "
+                               f"{self.start_afresh()}")
+
+
+def checkpoint_problem(error):
+    """What is wrong with a checkpoint that torch.load refused with ``error``, in words."""
+    import pickle
+
+    if isinstance(error, pickle.UnpicklingError):
+        return "it holds Python objects other than tensors and numbers, which are not loaded"
+    if isinstance(error, (EOFError, RuntimeError)):
+        return "truncated or corrupt"
+    return f"unreadable ({type(error).__name__})"
 
 
 def seeded_start(cfg):

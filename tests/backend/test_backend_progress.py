@@ -55,9 +55,9 @@ def test_interval_from_environment(monkeypatch):
     assert log_interval() == 30.0
 
 
-def test_default_lines_go_to_the_nucleaizer_logger(caplog):
+def test_default_lines_go_to_the_progress_logger(caplog):
     callback = ProgressCallback("tune", unit="it", bar=False, every=3600)
-    with caplog.at_level(logging.INFO, logger="nucleaizer"):
+    with caplog.at_level(logging.INFO, logger="nucleaizer_backend.progress"):
         callback(1, 2, {"stage": "networks"})
         callback(2, 2, {"stage": "networks"})
         callback(1, 40, {"stage": "search", "dsb": 0.5})
@@ -65,7 +65,7 @@ def test_default_lines_go_to_the_nucleaizer_logger(caplog):
     assert messages == ["tune (networks) 1/2 it (50%)", "tune (networks) 2/2 it (100%)",
                         "tune (search) 1/40 it (2%)"]
     assert caplog.records[-1].getMessage().endswith("DSB 0.5000")
-    assert all(r.name == "nucleaizer" for r in caplog.records)
+    assert all(r.name == "nucleaizer_backend.progress" for r in caplog.records)
 
 
 def test_adaptation_stages():

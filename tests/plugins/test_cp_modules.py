@@ -9,6 +9,7 @@ Manual nucleus diameters are used wherever a test is not about size estimation (
 """
 import ast
 import io
+import json
 import os
 import pathlib
 import shutil
@@ -171,8 +172,11 @@ def test_measurement_categories_and_names(cp):
         "Scale",
         "ScaleClamped",
         "SizeReliable",
+        "DegenerateImage",
     }
     assert module.get_measurement_objects(pipeline, "Image", "Nucleaizer", "Diameter") == ["Nuclei"]
+    assert module.get_measurement_objects(
+        pipeline, "Image", "Nucleaizer", "DegenerateImage") == ["Nuclei"]
     assert module.get_measurements(pipeline, "Nuclei", "Nucleaizer") == ["Confidence"]
     assert set(module.get_categories(pipeline, "Nuclei")) >= {"Location", "Number", "Nucleaizer"}
     module.want_confidence.value = False
@@ -326,6 +330,62 @@ def test_validate_module_model_messages(cp, tmp_path):
         est.validate_module(pipeline)
 
 
+BAD_MODEL_FOLDERS = {
+    "model_json_list": ("main", [1, 2], "a JSON object is expected"),
+    "p_value_not_a_number": ("main", {"postprocess": {"p2": "abc"}}, "p2 must be a number"),
+    "p_value_negative": ("main", {"postprocess": {"p4": -1}}, "p4 must be a number >= 0"),
+    "unet_in_main_slot": ("unet", None, "'unet' network, but the main network"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_MODEL_FOLDERS))
+def test_bad_model_folder_is_a_one_line_message(cp, tmp_path, case):
+    """A model.json that is a list or has a bad p-value, or a U-Net file as the main
+    network: a validation message naming the file, and at run time a ModelFileError of one
+    line (not an AttributeError or ValueError from deep inside)."""
+    from nucleaizer_backend import ModelFileError
+    from nucleaizer_backend.models.io import DEFAULT_MODEL_DIR
+
+    network, info, problem = BAD_MODEL_FOLDERS[case]
+    folder = tmp_path / case
+    folder.mkdir()
+    shutil.copy(DEFAULT_MODEL_DIR / ("%s.safetensors" % network), folder / "main.safetensors")
+    if info is not None:
+        (folder / "model.json").write_text(json.dumps(info))
+    bad_file = folder / ("model.json" if info is not None else "main.safetensors")
+    seg = segment_module(cp, manual_diameter=10.0, model_choice="Custom")
+    seg.model_directory.value = "Elsewhere...|%s" % tmp_path
+    seg.model_name.value = case
+    pipeline = cp.Pipeline()
+    seg.set_module_num(1)
+    pipeline.add_module(seg)
+    with pytest.raises(cp.ValidationError) as e:
+        seg.validate_module(pipeline)
+    assert str(bad_file) in e.value.message and problem in e.value.message
+    assert e.value.get_setting() is seg.model_name
+    pixels = np.random.default_rng(0).random((48, 48)).astype(np.float32)
+    with pytest.raises(ModelFileError) as e:
+        run_modules(cp, [seg], {"Original": pixels})
+    assert str(bad_file) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_custom_parameters_are_checked_against_their_ranges(cp):
+    seg = segment_module(cp, params_choice="Custom")
+    pipeline = cp.Pipeline()
+    seg.set_module_num(1)
+    pipeline.add_module(seg)
+    seg.validate_module(pipeline)
+    for name, value, allowed in (("p2", "nan", ">= 0"), ("p4", "inf", ">= 0"),
+                                 ("p6", "nan", "from 0 to 1")):
+        setting = getattr(seg, name)
+        setting.value_text = value
+        with pytest.raises(cp.ValidationError, match="must be a number %s" % allowed) as e:
+            seg.validate_module(pipeline)
+        assert e.value.get_setting() is setting
+        setting.value = {"p2": 44.0, "p4": 1.0, "p6": 0.8}[name]
+    seg.validate_module(pipeline)
+
+
 def test_missing_backend_is_a_validation_message_not_a_load_failure(cp, monkeypatch):
     """Without the backend the modules still load (lazy import) and say what to install."""
     for module in (segment_module(cp), estimate_module(cp)):
@@ -398,41 +458,52 @@ def _bad_inputs():
         "constant": np.full((64, 64), 0.3, np.float32),
         "all_nan": np.full((64, 64), np.nan, np.float32),
         "one_pixel": np.ones((1, 1), np.float32),
+        "one_row": rng.random((1, 50)).astype(np.float32),
         "strip_4x2000": rng.random((4, 2000)).astype(np.float32),
         "strip_2000x4": rng.random((2000, 4)).astype(np.float32),
         "noise": rng.random((96, 80)).astype(np.float32),
     }
 
 
+DEGENERATE = {"constant", "all_nan", "one_pixel", "one_row"}
+
+
 @pytest.mark.parametrize("kind", sorted(_bad_inputs()))
-def test_odd_images_give_objects_not_crashes(cp, kind):
+def test_odd_images_give_objects_not_crashes(cp, kind, caplog):
+    """Odd images give objects (none for a degenerate one, with the DegenerateImage flag and
+    a warning naming the image set), never an exception: even 1x1 and 1-pixel-high images,
+    which CellProfiler's dense object store cannot hold."""
     pixels = _bad_inputs()[kind]
-    module = segment_module(cp, manual_diameter=10.0)
-    if kind == "one_pixel":
-        # CellProfiler's own object store cannot hold a 1x1 label image: a clear error.
-        from nucleaizer_backend import InputImageError
-
-        with pytest.raises(InputImageError, match="at least 2 pixels"):
-            run_modules(cp, [module], {"Original": pixels})
-        return
-    run = run_modules(cp, [module], {"Original": pixels})
+    module = segment_module(cp, manual_diameter=10.0, want_probability=True)
+    with caplog.at_level("WARNING"):
+        run = run_modules(cp, [module], {"Original": pixels})
     check_objects(run, pixels.shape)
-    if kind in ("constant", "all_nan"):
+    recorded_columns_are_declared(run, module)
+    flag = run.image("Nucleaizer_DegenerateImage_Nuclei")
+    warned = [r for r in caplog.records if "degenerate" in r.getMessage()
+              and r.name.endswith("_segmentnucleistyleadapted_run")]
+    assert flag == int(kind in DEGENERATE)
+    assert len(warned) == int(kind in DEGENERATE)
+    if kind in DEGENERATE:
         assert run.objects().count == 0
+        assert "'Original'" in warned[0].getMessage()
+        assert run.workspace.image_set.get_image("NucleusProbability").pixel_data.shape == \
+            pixels.shape
 
 
-@pytest.mark.parametrize("kind", ["constant", "all_nan", "one_pixel"])
+@pytest.mark.parametrize("kind", ["constant", "all_nan", "one_pixel", "one_row"])
 def test_estimate_size_on_empty_images_is_flagged_unreliable(cp, kind):
     pixels = _bad_inputs()[kind]
-    want_objects = kind != "one_pixel"
-    run = run_modules(cp, [estimate_module(cp, want_objects=want_objects)], {"Original": pixels})
-    assert run.image("NucleusSize_Count") == 0
-    assert run.image("NucleusSize_Reliable") == 0
-    assert run.image("NucleusSize_MedianDiameter") > 0  # the stated default, not NaN
-    assert np.isnan(run.image("NucleusSize_Spread"))
-    if want_objects:
-        assert run.objects("PresegNuclei").count == 0
-        assert run.objects("PresegNuclei").segmented.shape == pixels.shape[:2]
+    for want_objects in (False, True):
+        run = run_modules(cp, [estimate_module(cp, want_objects=want_objects)],
+                          {"Original": pixels})
+        assert run.image("NucleusSize_Count") == 0
+        assert run.image("NucleusSize_Reliable") == 0
+        assert run.image("NucleusSize_MedianDiameter") > 0  # the stated default, not NaN
+        assert np.isnan(run.image("NucleusSize_Spread"))
+        if want_objects:
+            assert run.objects("PresegNuclei").count == 0
+            assert run.objects("PresegNuclei").segmented.shape == pixels.shape[:2]
 
 
 def test_bit_depths_and_gray_give_the_same_nuclei(cp):

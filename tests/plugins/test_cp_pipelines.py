@@ -37,8 +37,11 @@ MIN_MEAN_DSB = 0.56
 
 
 def _env():
+    """One thread; this checkout's backend first on the path, so that CellProfiler runs the
+    plugins of this checkout with the backend of this checkout (not another installed one)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in [env.get("PYTHONPATH")] if p])
     return env
 
 
@@ -245,6 +248,63 @@ def test_size_qc_pools_each_group(size_qc):
     # The single-image H&E group is its own estimate.
     he = groups["he"][0]
     assert float(he["NucleusSize_MedianDiameter"]) == pytest.approx(float(he["NucleusSize_ImageMedianDiameter"]))
+
+
+# --------------------------------------------------------------------------- degenerate images
+
+
+DEGENERATE_SCRIPT = r"""
+import sys
+sys.path.insert(0, {pipelines!r})
+import build_pipelines as b
+b.setup()
+mods = b.input_modules()
+mods[2].single_load_as_choice.value = "Grayscale image"
+mods.append(b.module("SegmentNucleiStyleAdapted", x_name="Original", y_name="Nuclei",
+                     size_choice="Manual", manual_diameter=18.0, use_gpu=False))
+mods.append(b.export("Nuclei"))
+from cellprofiler_core.pipeline import Pipeline
+p = Pipeline()
+for i, m in enumerate(mods, start=1):
+    m.set_module_num(i)
+    p.add_module(m)
+with open({path!r}, "w") as f:
+    p.dump(f)
+"""
+
+
+def test_degenerate_images_do_not_stop_a_headless_run(tmp_path):
+    """A 1x1, a constant and an all-NaN image between real ones: the run goes on to the
+    end and writes its CSVs, the degenerate images with no nuclei, the DegenerateImage flag
+    and a warning in the log naming the image set."""
+    import imageio.v3 as iio
+    import tifffile
+
+    pipeline = tmp_path / "degenerate.cppipe"
+    script = DEGENERATE_SCRIPT.format(pipelines=str(PIPELINES), path=str(pipeline))
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env=_env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    images = tmp_path / "images"
+    images.mkdir()
+    shutil.copy(IMAGES / "fluo_0e5edb072788.png", images / "fluo_a.png")
+    iio.imwrite(images / "fluo_b.png", np.full((1, 1), 120, np.uint8))
+    iio.imwrite(images / "fluo_c.png", np.full((40, 50), 77, np.uint8))
+    tifffile.imwrite(images / "fluo_d.tif", np.full((40, 50), np.nan, np.float32))
+    shutil.copy(IMAGES / "fluo_5bb8508ff8ec.png", images / "fluo_e.png")
+    out = tmp_path / "out"
+    proc = run_cellprofiler(pipeline, out, images)
+    rows = {Path(r["FileName_Original"]).stem: r for r in read_csv(out / "Image.csv")}
+    assert sorted(rows) == ["fluo_a", "fluo_b", "fluo_c", "fluo_d", "fluo_e"]
+    for name, row in rows.items():
+        degenerate = name in ("fluo_b", "fluo_c", "fluo_d")
+        assert row["Nucleaizer_DegenerateImage_Nuclei"] == str(int(degenerate)), name
+        assert (int(float(row["Count_Nuclei"])) == 0) == degenerate, name
+    log = proc.stdout + proc.stderr
+    for row in (rows["fluo_b"], rows["fluo_c"], rows["fluo_d"]):
+        assert "image set #%s is degenerate" % row["ImageNumber"] in log
+    nuclei = per_image(read_csv(out / "Nuclei.csv"))
+    assert len(nuclei[int(rows["fluo_e"]["ImageNumber"])]) > 0
 
 
 # --------------------------------------------------------------------------- cluster use
