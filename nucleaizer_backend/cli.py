@@ -54,7 +54,7 @@ def _log_progress_to_stderr():
 
 
 SUMMARY_FIELDS = ("image", "nuclei", "diameter_px", "scale", "size_reliable", "seconds",
-                  "error", "labels", "note")
+                  "error", "labels", "note", "discarded_size", "discarded_border")
 
 
 def cmd_segment(args):
@@ -82,6 +82,7 @@ def check_segment_options(args):
     """The options of ``segment`` that can be wrong, checked before any image is read:
     the model (and its model.json), the confidence and the p-value overrides (each in its
     range). ModelFileError / OptionError: one line, exit status 2."""
+    from .labels import check_diameter_range
     from .models.io import check_model_path
     from .refine import check_param
 
@@ -90,6 +91,8 @@ def check_segment_options(args):
         check_param("confidence", args.confidence, "--confidence")
     for name, value in _postprocess_overrides(args).items():
         check_param(name, value, f"--{name}")
+    if args.diameter_range is not None:
+        check_diameter_range(args.diameter_range, "--diameter-range")
 
 
 def segment_one(path, out, stem, args):
@@ -106,7 +109,8 @@ def segment_one(path, out, stem, args):
         r = segment_image(image, model=args.model, diameter=args.diameter,
                           device=args.device, confidence=args.confidence,
                           refine=_refine_level(args), tta=args.tta,
-                          postprocess=_postprocess_overrides(args))
+                          postprocess=_postprocess_overrides(args),
+                          discard_border=args.discard_border, diameter_range=args.diameter_range)
         write_labels(out / f"{stem}.tif", r.labels)
         if args.overlays:
             _write_overlay(out / "overlays" / f"{stem}.png", image, r.labels)
@@ -127,7 +131,8 @@ def _result_row(row, r, stem):
     return dict(row, nuclei=r.count, diameter_px=round(r.diameter, 2), scale=round(r.scale, 4),
                 size_reliable="" if r.size_estimate is None else r.size_estimate.reliable,
                 seconds=round(r.seconds, 3), labels=f"{stem}.tif",
-                note="; ".join(n for n in notes if n))
+                note="; ".join(n for n in notes if n), discarded_size=r.discarded["size"],
+                discarded_border=r.discarded["border"])
 
 
 def _renamed_note(path, stem):

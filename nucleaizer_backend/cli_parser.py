@@ -26,11 +26,18 @@ def build_parser():
                    "outlines in green")
     s.add_argument("--diameter", type=float, help="nucleus diameter in px (default: estimated)")
     s.add_argument("--confidence", type=float,
-                   help="minimum detection score (default: the model's, 0.5)")
+                   help="minimum detection score, 0-1 (default: the model's; the shipped "
+                   "model's is 0.8)")
     s.add_argument("--no-refine", action="store_true",
                    help="skip post-processing and U-Net contour refinement")
     s.add_argument("--no-unet", action="store_true",
                    help="post-processing rules only, without U-Net contour refinement")
+    s.add_argument("--discard-border", action="store_true",
+                   help="discard nuclei touching the border of the image (as "
+                   "IdentifyPrimaryObjects)")
+    s.add_argument("--diameter-range", type=float, nargs=2, metavar=("MIN", "MAX"),
+                   help="discard nuclei whose equivalent diameter is outside MIN-MAX px (as "
+                   "IdentifyPrimaryObjects)")
     s.add_argument("--tta", action="store_true",
                    help="test-time augmentation (6 versions: flips and rotations; about 2.7x slower, "
                    "BENCHMARKS.md)")

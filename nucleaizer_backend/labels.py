@@ -104,3 +104,61 @@ def instances_to_labels(boxes, masks, scores, shape, scale=1.0, min_area=1,
         region[free] = len(kept)
     n = len(kept)
     return labels.astype(label_dtype(n)), np.asarray(kept, np.float32), prob
+
+
+def touching_border(labels):
+    """Ids (sorted 1D array) of the objects of ``labels`` with a pixel on the image edge."""
+    labels = np.asarray(labels)
+    edge = np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
+    ids = np.unique(edge)
+    return ids[ids != 0]
+
+
+def outside_diameter_range(labels, min_px, max_px):
+    """Ids of the objects of ``labels`` whose equivalent diameter (px) is under ``min_px``
+    or over ``max_px``: IdentifyPrimaryObjects' rule, on areas pi * d^2 / 4."""
+    areas = np.bincount(np.asarray(labels).ravel().astype(np.int64))
+    ids = np.nonzero(areas)[0]
+    ids = ids[ids != 0]
+    a = areas[ids]
+    return ids[(a < np.pi * min_px ** 2 / 4) | (a > np.pi * max_px ** 2 / 4)]
+
+
+def check_diameter_range(diameter_range, name="diameter range"):
+    """(min px, max px) as floats; OptionError unless 0 <= min <= max (finite)."""
+    from .errors import OptionError
+
+    try:
+        low, high = (float(v) for v in diameter_range)
+    except (TypeError, ValueError):
+        raise OptionError(f"{name} must be two numbers, MIN MAX in px (got "
+                          f"{diameter_range!r})") from None
+    if not (0 <= low <= high < np.inf):
+        raise OptionError(f"{name} must be 0 <= MIN <= MAX px (got {low:g}, {high:g})")
+    return low, high
+
+
+def discard_objects(labels, scores, border=False, diameter_range=None):
+    """IdentifyPrimaryObjects' two filters, in its order: objects whose equivalent diameter
+    lies outside ``diameter_range`` = (min px, max px), then objects touching the image
+    border (``border``).
+
+    labels: (H, W) label image; scores: (N,) score of label i + 1 at index i.
+    Returns (labels relabelled 1..K, scores (K,), {"size": n discarded, "border": n})."""
+    labels = np.asarray(labels)
+    scores = np.asarray(scores, dtype=np.float32)
+    counts = {"size": 0, "border": 0}
+    drop = np.zeros(int(labels.max()) + 1 if labels.size else 1, bool)
+    if diameter_range is not None:
+        ids = outside_diameter_range(labels, *check_diameter_range(diameter_range))
+        drop[ids], counts["size"] = True, len(ids)
+    if border:
+        ids = touching_border(labels)
+        ids = ids[~drop[ids]]
+        drop[ids], counts["border"] = True, len(ids)
+    if not drop.any():
+        return labels, scores, counts
+    kept = np.nonzero(~drop[1:len(scores) + 1])[0]
+    out = labels.copy()
+    out[drop[labels]] = 0
+    return relabel_sequential(out), scores[kept], counts

@@ -7,13 +7,14 @@ the post-processing parameters of the model and the caller (METHOD.md section 2)
 import logging
 import time
 import warnings
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
 from .detect import DEFAULT_TILE
 from .inference import check_refine_level, infer, postprocess_params, preseg_size
 from .inference import postprocess as postprocess_outputs  # segment_image has an argument so named
+from .labels import discard_objects
 from .models.io import ModelBundle, load_model
 from .preprocess import normalize_image
 from .refine import PostprocessParams
@@ -38,6 +39,8 @@ class SegmentationResult:
     degenerate: why the image could hold no nucleus (e.g. "1x1 px, smaller than 4x4 px",
     "constant: every pixel is 0.3", "no finite pixel value (all NaN or infinite)"); its
     labels are then empty. "" for an ordinary image.
+    discarded: {"size": n, "border": n} nuclei dropped by ``diameter_range`` and
+    ``discard_border`` (labels.discard_objects).
     """
 
     labels: np.ndarray
@@ -52,6 +55,7 @@ class SegmentationResult:
     refined: bool = False
     tta: bool = False
     degenerate: str = ""
+    discarded: dict = field(default_factory=lambda: {"size": 0, "border": 0})
 
     @property
     def count(self):
@@ -113,13 +117,14 @@ def estimate_size(image, model=None, device="auto", confidence=SIZE_CONFIDENCE,
 
 def segment_image(image, model=None, diameter=None, device="auto", confidence=None,
                   mask=None, tile_size=DEFAULT_TILE, return_probability=False, refine="full",
-                  use_unet=None, tta=False, postprocess=None):
+                  use_unet=None, tta=False, postprocess=None, discard_border=False,
+                  diameter_range=None):
     """Segment the nuclei of a 2D image; returns a SegmentationResult.
 
     image: (H, W), (H, W, C) or (C, H, W) array, any dtype. model: a Model, or a model folder
     or network file (None = shipped default) loaded on ``device`` ("auto": CUDA when
     available). diameter: typical nucleus diameter in px (None = estimate it). confidence:
-    minimum detection score (0-1; None = the model's, default 0.5). mask: optional (H, W)
+    minimum detection score (0-1; None = the model's: 0.8 for the shipped one). mask: optional (H, W)
     bool array; only objects mostly inside it are kept, clipped to it.
     refine: "full" (default): the post-processing rules (contained objects, p1, p2) and,
     with a model that has a U-Net, the contour correction (p3..p5) and the p6 rule; "rules":
@@ -127,6 +132,9 @@ def segment_image(image, model=None, diameter=None, device="auto", confidence=No
     refine are deprecated: see refine_level.) tta: test-time augmentation (6 Mask R-CNN
     passes: about 2.7x slower in all, BENCHMARKS.md). postprocess: p1..p6 overrides (dict or PostprocessParams; see
     refine.PostprocessParams). tile_size: Mask R-CNN tile, px at the working scale.
+    discard_border: drop the nuclei touching the image edge; diameter_range: (min px, max
+    px) of the equivalent diameter of the nuclei kept (IdentifyPrimaryObjects' filters,
+    labels.discard_objects; the counts dropped are in ``result.discarded``).
     """
     t0 = time.perf_counter()
     level = refine_level(refine, use_unet)
@@ -137,13 +145,14 @@ def segment_image(image, model=None, diameter=None, device="auto", confidence=No
                     mask_probability=return_probability and model.unet is None,
                     tta=tta, tile_size=tile_size)
     labels, scores = postprocess_outputs(outputs, params, level, mask)
+    labels, scores, discarded = discard_objects(labels, scores, discard_border, diameter_range)
     if outputs.degenerate:
         LOGGER.warning("degenerate image (%s): no nuclei", outputs.degenerate)
     return SegmentationResult(labels, scores, outputs.diameter, outputs.scale,
                               outputs.scale_clamped, outputs.size_estimate,
                               outputs.probability if return_probability else None,
                               time.perf_counter() - t0, params, level != "none", bool(tta),
-                              outputs.degenerate)
+                              outputs.degenerate, discarded)
 
 
 def segment(image, model=None, diameter=None, device="auto", confidence=None, **kwargs):

@@ -14,9 +14,11 @@ SegmentNucleiStyleAdapted
 **SegmentNucleiStyleAdapted** finds cell nuclei with the nucleAIzer deep-learning method
 (a Mask R-CNN that works at a fixed nucleus size, after rescaling each image so that its
 nuclei have that size). It is meant as a drop-in replacement for **IdentifyPrimaryObjects**
-for nuclei: no threshold or declumping parameters to tune, and it works on fluorescence,
-brightfield and H&E-like tissue images alike (gray or colour; nuclei may be bright on dark
-or dark on bright: the image is normalised and, when needed, inverted internally).
+for nuclei: no threshold or declumping parameters to tune. It takes gray or colour images,
+nuclei bright on dark or dark on bright (the image is normalised and, when needed, inverted
+internally). The shipped model is best on fluorescence images and weaker on H&E-stained
+tissue (DSB score 0.64 against 0.31 on the DSB 2018 val images, see BENCHMARKS.md); for a
+style of image it has not seen, adapt it with **TrainStyleAdaptation**.
 
 The nuclei come out as ordinary CellProfiler objects, ready for **IdentifySecondaryObjects**
 (as seeds), **MeasureObjectSizeShape**, **MeasureObjectIntensity**, **ClassifyObjects**,
@@ -181,8 +183,9 @@ How the network's nuclei are cleaned up (nucleAIzer's post-processing):
 
 -  *{REFINE_FULL}:* small objects lying inside another are absorbed by it, fragments
    surrounded by a neighbour are merged into it, tiny objects are removed, then a U-Net's
-   per-pixel nucleus probability moves each outline by up to a pixel and removes objects
-   the U-Net does not confirm. The most accurate outlines; about 0.3-1 s more per image on
+   per-pixel nucleus probability moves each outline (by up to p4 px inwards and p5 px
+   outwards at the working scale: 2 and 1 with the shipped model) and removes objects the
+   U-Net does not confirm. The most accurate outlines; about 0.3-1 s more per image on
    a CPU.
 -  *{REFINE_RULES}:* the clean-up rules without the U-Net.
 -  *{REFINE_NONE}:* the network's nuclei as they are (enough when only counting).
@@ -198,17 +201,18 @@ it does not pay on those images (DSB 0.566 with it, 0.569 without; the same on H
 little worse on fluorescence); it may with other models or images."""
 
 PARAMS_DOC = """\
-*{PARAMS_MODEL}* uses the values stored with the model: the published nucleAIzer values,
-or those found for your images by ``nucleaizer tune`` (see the README). *{PARAMS_CUSTOM}*
+*{PARAMS_MODEL}* uses the values stored with the model: for the shipped model those tuned
+on the DSB 2018 val images, for your own those found by ``nucleaizer tune`` (see the
+README); a model without stored values uses the published nucleAIzer ones. *{PARAMS_CUSTOM}*
 shows the detection confidence and the post-processing parameters p1 to p6 to set by hand
-(advanced)."""
+(advanced); they start from the chosen model's values."""
 
 CONFIDENCE_DOC = """\
 *(Used only with custom parameters)*
 
 Minimum network confidence (0 to 1) for a detection to become an object. Lower it to find
 faint or unusual nuclei (at the risk of false detections), raise it to keep only clear
-ones. 0.5 suits most images."""
+ones. The shipped model uses 0.8."""
 
 P1_DOC = """\
 *(Used only with custom parameters and post-processing)*
@@ -246,6 +250,23 @@ P6_DOC = """\
 
 Objects whose mean U-Net nucleus probability is below this value are removed as false
 detections. 0 keeps all."""
+
+EXCLUDE_SIZE_DOC = """\
+Select *Yes* to discard nuclei whose size lies outside the range set below, as
+**IdentifyPrimaryObjects** does: the equivalent diameter (the diameter of a circle of the
+same area) of each nucleus is compared with the range. Useful against debris and clumps.
+The nucleus size used for rescaling (above) is not changed by this setting."""
+
+SIZE_RANGE_DOC = """\
+*(Used only when discarding nuclei outside the diameter range)*
+
+The smallest and largest equivalent diameter, in pixels of the original image, of the
+nuclei kept."""
+
+EXCLUDE_BORDER_DOC = """\
+Select *Yes* to discard nuclei that touch the border of the image, as
+**IdentifyPrimaryObjects** does: measurements of a nucleus cut by the edge of the field of
+view (area, shape, intensity) are not those of the whole nucleus."""
 
 USE_GPU_DOC = """\
 Select *Yes* to run the network on an NVIDIA GPU (CUDA) when PyTorch can see one; the

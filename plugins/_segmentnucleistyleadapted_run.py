@@ -181,4 +181,9 @@ def summary_statistics(result, labels, count, diameter):
         ],
         ["Median confidence", "%.2f" % float(numpy.median(scores)) if len(scores) else "-"],
         ["Time", "%.1f s" % result.seconds],
-    ] + ([["Degenerate image", result.degenerate]] if result.degenerate else [])
+    ] + ([["Degenerate image", result.degenerate]] if result.degenerate else []) + [
+        ["Discarded: %s" % what, "%d" % n]
+        for what, n in (("outside the diameter range", result.discarded["size"]),
+                        ("touching the border", result.discarded["border"]))
+        if n
+    ]

@@ -13,6 +13,7 @@ from cellprofiler_core.constants.measurement import COLTYPE_FLOAT, IMAGE
 from cellprofiler_core.module.image_segmentation import ImageSegmentation
 from cellprofiler_core.setting import Binary, Measurement, ValidationError
 from cellprofiler_core.setting.choice import Choice
+from cellprofiler_core.setting.range import IntegerRange
 from cellprofiler_core.setting.subscriber import ImageSubscriber
 from cellprofiler_core.setting.text import Float, ImageName, LabelName
 
@@ -58,6 +59,20 @@ PARAMS_CUSTOM = "Custom"
 
 # the paper's post-processing parameters (nucleaizer_backend.refine.PostprocessParams)
 PAPER_PARAMS = {"p1": 0.17, "p2": 44.0, "p3": 0.9375, "p4": 1.0, "p5": 1.0, "p6": 0.8}
+PARAM_NAMES = ("confidence",) + tuple(PAPER_PARAMS)
+
+
+def model_values(path=None):
+    """{confidence, p1..p6} the model at ``path`` (None = shipped) uses unless told otherwise
+    (its model.json, read without loading networks); the paper's values (confidence 0.5) when
+    the backend or the model cannot be read."""
+    try:
+        from nucleaizer_backend.models.io import stored_postprocess
+
+        values = stored_postprocess(path).to_dict()
+    except Exception:  # no backend, or a model not (yet) readable: validation says why
+        values = dict(PAPER_PARAMS, confidence=0.5)
+    return {k: float(values[k]) for k in PARAM_NAMES}
 
 # The fields of the help text's templates.
 TEXT = dict(
@@ -84,7 +99,7 @@ class SegmentNucleiStyleAdapted(NucleaizerModule, ImageSegmentation):
 
     module_name = "SegmentNucleiStyleAdapted"
 
-    variable_revision_number = 2
+    variable_revision_number = 3
 
     segments_with_model = True  # a model adapted upstream (TrainStyleAdaptation) is for it
 
@@ -93,6 +108,7 @@ class SegmentNucleiStyleAdapted(NucleaizerModule, ImageSegmentation):
     }
 
     def create_settings(self):
+        start = model_values()  # the Custom values start from the shipped model's
         self.x_name = ImageSubscriber("Select the input image", doc=_doc(help_text.IMAGE_DOC))
         self.y_name = LabelName(
             "Name the nuclei objects", "Nuclei", doc=_doc(help_text.OBJECTS_NAME_DOC)
@@ -138,49 +154,65 @@ class SegmentNucleiStyleAdapted(NucleaizerModule, ImageSegmentation):
         )
         self.confidence = Float(
             "Detection confidence threshold",
-            0.5,
+            start["confidence"],
             minval=0.0,
             maxval=1.0,
             doc=_doc(help_text.CONFIDENCE_DOC),
         )
         self.p1 = Float(
             "Merge into a neighbour touching more than this fraction of the outline (p1)",
-            PAPER_PARAMS["p1"],
+            start["p1"],
             minval=0.0,
             maxval=1.0,
             doc=_doc(help_text.P1_DOC),
         )
         self.p2 = Float(
             "Minimum nucleus area at the working scale (p2, px²)",
-            PAPER_PARAMS["p2"],
+            start["p2"],
             minval=0.0,
             doc=_doc(help_text.P2_DOC),
         )
         self.p3 = Float(
             "U-Net probability threshold (p3)",
-            PAPER_PARAMS["p3"],
+            start["p3"],
             minval=0.0,
             maxval=1.0,
             doc=_doc(help_text.P3_DOC),
         )
         self.p4 = Float(
             "Outline margin inwards (p4, px at the working scale)",
-            PAPER_PARAMS["p4"],
+            start["p4"],
             minval=0.0,
             doc=_doc(help_text.P4_DOC),
         )
         self.p5 = Float(
             "Outline margin outwards (p5, px at the working scale)",
-            PAPER_PARAMS["p5"],
+            start["p5"],
             minval=0.0,
             doc=_doc(help_text.P5_DOC),
         )
         self.p6 = Float(
             "Minimum mean U-Net probability of a nucleus (p6)",
-            PAPER_PARAMS["p6"],
+            start["p6"],
             minval=0.0,
             maxval=1.0,
             doc=_doc(help_text.P6_DOC),
+        )
+        self.exclude_size = Binary(
+            "Discard objects outside the diameter range?",
+            False,
+            doc=_doc(help_text.EXCLUDE_SIZE_DOC),
+        )
+        self.size_range = IntegerRange(
+            "Typical diameter of objects, in pixel units (Min,Max)",
+            (8, 100),
+            minval=0,
+            doc=_doc(help_text.SIZE_RANGE_DOC),
+        )
+        self.exclude_border_objects = Binary(
+            "Discard objects touching the border of the image?",
+            False,
+            doc=_doc(help_text.EXCLUDE_BORDER_DOC),
         )
         self.use_gpu = use_gpu_setting(_doc(help_text.USE_GPU_DOC))
         self.gpu_memory_share = gpu_memory_share_setting(_doc(help_text.GPU_MEMORY_SHARE_DOC))
@@ -211,6 +243,8 @@ class SegmentNucleiStyleAdapted(NucleaizerModule, ImageSegmentation):
             # revision 2
             self.refinement, self.tta, self.params_choice,
             self.p1, self.p2, self.p3, self.p4, self.p5, self.p6,
+            # revision 3
+            self.exclude_size, self.size_range, self.exclude_border_objects,
         ]  # fmt: skip
 
     def visible_settings(self):
@@ -229,7 +263,10 @@ class SegmentNucleiStyleAdapted(NucleaizerModule, ImageSegmentation):
                 result += [self.p1, self.p2]
             if self.refinement == REFINE_FULL:
                 result += [self.p3, self.p4, self.p5, self.p6]
-        result += [self.use_gpu]
+        result += [self.exclude_size]
+        if self.exclude_size:
+            result += [self.size_range]
+        result += [self.exclude_border_objects, self.use_gpu]
         if self.use_gpu:
             result += [self.gpu_memory_share]
         result += [self.use_mask]
@@ -247,18 +284,37 @@ class SegmentNucleiStyleAdapted(NucleaizerModule, ImageSegmentation):
         """Bring settings saved by an older version of this module to the current layout.
 
         Revision 1 is the first released layout. Revision 2 added post-processing, test-time
-        augmentation and the parameter choice (a revision-1 confidence other than 0.5 becomes
-        custom parameters with the paper's p1..p6). When settings are added or changed, bump
-        ``variable_revision_number`` and add a step here that converts the old values."""
+        augmentation and the parameter choice: a revision-1 confidence other than 0.5 (the
+        user's own value) is kept, as custom parameters whose p1..p6 are the shipped model's.
+        Revision 3 added the diameter-range and border filters (off, as before). When
+        settings are added or changed, bump ``variable_revision_number`` and add a step here
+        that converts the old values."""
         self.refuse_newer_revision(variable_revision_number)
         if variable_revision_number == 1:
             confidence = float(setting_values[8])
             custom = PARAMS_CUSTOM if abs(confidence - 0.5) > 1e-9 else PARAMS_MODEL
+            start = model_values()
             setting_values = list(setting_values) + [REFINE_FULL, "No", custom] + [
-                str(PAPER_PARAMS[k]) for k in ("p1", "p2", "p3", "p4", "p5", "p6")
+                str(start[k]) for k in PAPER_PARAMS
             ]
             variable_revision_number = 2
+        if variable_revision_number == 2:
+            setting_values = list(setting_values) + ["No", "8,100", "No"]
+            variable_revision_number = 3
         return setting_values, variable_revision_number
+
+    def on_setting_changed(self, setting, pipeline):
+        """When *Custom* parameters are chosen, or another model while they are chosen, they
+        take the chosen model's values, unless the user has typed values of their own (the
+        values shown are still the shipped model's or those last filled in)."""
+        watched = (self.params_choice, self.model_choice, self.model_directory, self.model_name)
+        if self.params_choice != PARAMS_CUSTOM or not any(setting is s for s in watched):
+            return
+        current = {k: float(getattr(self, k).value) for k in PARAM_NAMES}
+        if current in (model_values(None), getattr(self, "_values_filled", None)):
+            self._values_filled = model_values(self.model_path())
+            for k, v in self._values_filled.items():
+                getattr(self, k).value = v
 
     def is_object_identification_module(self):
         return True
@@ -331,6 +387,10 @@ class SegmentNucleiStyleAdapted(NucleaizerModule, ImageSegmentation):
             return_probability=bool(self.want_probability.value),
             refine=REFINE_LEVELS[self.refinement.value],
             tta=bool(self.tta.value),
+            discard_border=bool(self.exclude_border_objects.value),
+            diameter_range=(
+                (self.size_range.min, self.size_range.max) if self.exclude_size.value else None
+            ),
         )
         if self.params_choice == PARAMS_CUSTOM:
             options["confidence"] = float(self.confidence.value)

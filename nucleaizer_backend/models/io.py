@@ -201,6 +201,16 @@ def read_model_info(info_file):
     return info
 
 
+def stored_postprocess(path=None):
+    """The PostprocessParams a model uses unless told otherwise: the paper's values updated
+    by its model.json's "postprocess" (path: model folder or network file; None = the
+    shipped default). Cheap: reads model.json only. ModelFileError as read_model_info."""
+    info = read_model_info(model_info_file(resolve_model_path(path)))
+    values = PostprocessParams().to_dict()
+    values.update(info.get("postprocess") or {})
+    return PostprocessParams.from_dict(values)
+
+
 def check_postprocess_entry(info_file, post):
     """ModelFileError naming ``info_file`` unless model.json's "postprocess" entry ``post``
     is absent or an object of valid parameter values (unknown keys are ignored)."""

@@ -164,3 +164,27 @@ def test_many_objects_use_wide_dtype():
     assert out.dtype == np.uint32
     assert out.max() == 69999
     np.testing.assert_array_equal(out.ravel(), np.arange(70000))
+
+
+def test_discard_objects_as_identify_primary_objects():
+    from nucleaizer_backend.errors import OptionError
+    from nucleaizer_backend.labels import check_diameter_range, discard_objects
+
+    labels = np.zeros((40, 40), np.uint16)
+    labels[0:6, 10:16] = 1     # 6x6 on the top edge
+    labels[10:20, 10:20] = 2   # 10x10: equivalent diameter 11.3 px
+    labels[25:27, 25:27] = 3   # 2x2: 2.26 px
+    labels[30:40, 30:40] = 4   # on the bottom/right edge, 11.3 px
+    scores = np.array([0.9, 0.8, 0.7, 0.6], np.float32)
+    out, kept, counts = discard_objects(labels, scores, border=True, diameter_range=(5, 30))
+    assert counts == {"size": 1, "border": 2}  # size first: 3 is small, 1 and 4 on the edge
+    assert out.max() == 1 and np.array_equal(out == 1, labels == 2)
+    assert kept.tolist() == [pytest.approx(0.8)]
+    out, kept, counts = discard_objects(labels, scores, diameter_range=(0, 10))
+    assert counts == {"size": 2, "border": 0} and out.max() == 2
+    assert kept.tolist() == pytest.approx([0.9, 0.7])  # objects 1 (6.8 px) and 3 (2.3 px)
+    same, _, counts = discard_objects(labels, scores)
+    assert same is labels and counts == {"size": 0, "border": 0}
+    for bad in ((10, 5), (-1, 5), ("a", 3), (1,)):
+        with pytest.raises(OptionError, match="diameter range"):
+            check_diameter_range(bad)

@@ -142,6 +142,26 @@ def test_threads_option(example_images_dir, tmp_path, capsys):
         torch.set_num_threads(before)
 
 
+def test_segment_discard_filters(example_images_dir, tmp_path, capsys):
+    """--discard-border and --diameter-range drop nuclei as IdentifyPrimaryObjects does;
+    the summary counts what each dropped; a bad range is an option error before any image."""
+    img = str(example_images_dir / "images" / "fluo_0e5edb072788.png")
+    assert cli.main(["segment", img, "-o", str(tmp_path / "all"), "--device", "cpu"]) == 0
+    assert cli.main(["segment", img, "-o", str(tmp_path / "kept"), "--device", "cpu",
+                     "--discard-border", "--diameter-range", "12", "60"]) == 0
+    everything = read_image(tmp_path / "all" / "fluo_0e5edb072788.tif")
+    kept = read_image(tmp_path / "kept" / "fluo_0e5edb072788.tif")
+    row = read_csv(tmp_path / "kept" / "summary.csv")[0]
+    dropped = int(row["discarded_border"]) + int(row["discarded_size"])
+    assert int(row["discarded_border"]) > 0 and int(row["nuclei"]) == kept.max()
+    assert kept.max() == everything.max() - dropped
+    capsys.readouterr()
+    rc = cli.main(["segment", img, "-o", str(tmp_path / "bad"), "--diameter-range", "60", "12"])
+    lines = error_lines(capsys.readouterr().err)
+    assert rc == 2 and len(lines) == 1 and "--diameter-range" in lines[0]
+    assert not (tmp_path / "bad").exists()
+
+
 def test_segment_missing_input(tmp_path, capsys):
     rc = cli.main(["segment", str(tmp_path / "nothing"), "-o", str(tmp_path / "o")])
     lines = error_lines(capsys.readouterr().err)

@@ -411,21 +411,108 @@ def test_only_one_estimate_module_per_pipeline(cp):
 
 def test_revision_1_settings_are_upgraded(cp):
     """A pipeline saved before post-processing existed keeps its behaviour where it can: a
-    non-default confidence becomes custom parameters (with the paper's p1..p6)."""
+    non-default confidence (the user's value) is kept, as custom parameters whose p1..p6
+    are the shipped model's; the later filters are off."""
+    from nucleaizer_backend.models.io import stored_postprocess
+
+    shipped = stored_postprocess().to_dict()
     module = segment_module(cp)
     current = [s.unicode_value for s in module.settings()]
     rev1 = current[:16]
     for confidence, choice in (("0.5", "From the model"), ("0.35", "Custom")):
         rev1[8] = confidence
         values, rev = module.upgrade_settings(list(rev1), 1, module.module_name)
-        assert rev == 2 and len(values) == len(current)
+        assert rev == 3 and len(values) == len(current)
         module.set_settings_from_values(values, rev, module.module_name)
         assert module.params_choice.value == choice
         assert module.confidence.value == float(confidence)
         assert module.refinement.value == "Rules and U-Net contour refinement"
         assert not module.tta.value
-        assert (module.p1.value, module.p2.value, module.p3.value) == (0.17, 44.0, 0.9375)
-        assert (module.p4.value, module.p5.value, module.p6.value) == (1.0, 1.0, 0.8)
+        assert {k: getattr(module, k).value for k in ("p1", "p2", "p3", "p4", "p5", "p6")} == \
+            {k: shipped[k] for k in ("p1", "p2", "p3", "p4", "p5", "p6")}
+        assert not module.exclude_size.value and not module.exclude_border_objects.value
+
+
+def test_revision_2_settings_keep_the_users_values(cp):
+    module = segment_module(cp, params_choice="Custom", confidence=0.42, p1=0.3, p2=20.0)
+    rev2 = [s.unicode_value for s in module.settings()][:25]
+    values, rev = segment_module(cp).upgrade_settings(list(rev2), 2, module.module_name)
+    upgraded = segment_module(cp)
+    upgraded.set_settings_from_values(values, rev, module.module_name)
+    assert rev == 3 and [s.unicode_value for s in upgraded.settings()][:25] == rev2
+    assert (upgraded.confidence.value, upgraded.p1.value, upgraded.p2.value) == (0.42, 0.3, 20.0)
+    assert not upgraded.exclude_size.value and not upgraded.exclude_border_objects.value
+    assert (upgraded.size_range.min, upgraded.size_range.max) == (8, 100)
+
+
+def test_custom_parameters_start_from_the_chosen_models_values(cp, tmp_path):
+    """Custom values start at the shipped model's (not the paper's); choosing another model
+    fills in its values, unless the user has typed their own."""
+    from nucleaizer_backend.models.io import DEFAULT_MODEL_DIR, stored_postprocess
+
+    shipped = stored_postprocess().to_dict()
+    module = segment_module(cp)
+    assert module.p2.value == shipped["p2"] and module.confidence.value == shipped["confidence"]
+    assert shipped["p2"] != 44.0  # (the paper's)
+    tuned = tmp_path / "tuned"
+    shutil.copytree(DEFAULT_MODEL_DIR, tuned)
+    info = json.loads((tuned / "model.json").read_text())
+    info["postprocess"] = dict(info["postprocess"], p2=77.0, confidence=0.6)
+    (tuned / "model.json").write_text(json.dumps(info))
+
+    module.params_choice.value = "Custom"
+    module.on_setting_changed(module.params_choice, None)
+    assert module.p2.value == shipped["p2"]  # the shipped model is chosen
+    module.model_choice.value = "Custom"
+    module.model_directory.value = "Elsewhere...|%s" % tmp_path
+    module.model_name.value = "tuned"
+    module.on_setting_changed(module.model_name, None)
+    assert (module.p2.value, module.confidence.value) == (77.0, 0.6)
+    module.p2.value = 90.0  # typed by the user: stays when the model changes again
+    module.model_name.value = "other"
+    module.on_setting_changed(module.model_name, None)
+    assert (module.p2.value, module.confidence.value) == (90.0, 0.6)
+
+
+def test_discard_filters_match_the_same_filters_on_the_annotations(cp, example_index):
+    """*Discard objects touching the border* and *outside the diameter range* (as
+    IdentifyPrimaryObjects): on the bundled images, the nuclei kept and those dropped by
+    each filter compare with the same filters applied to the annotations."""
+    from nucleaizer_backend.labels import discard_objects
+    from nucleaizer_backend.train.data import read_labels
+
+    for row in example_index:
+        name = row["id"]
+        pixels = load_cp_image(cp, name)
+        truth = read_labels(IMAGES.parent / "labels" / f"{name}.tif")
+        runs = {}
+        for on in (False, True):
+            module = segment_module(cp, size_choice="Automatic (per image)",
+                                    exclude_border_objects=on, exclude_size=on)
+            module.size_range.value = (12, 60)
+            runs[on] = run_modules(cp, [module], {"Original": pixels}, show_window=True)
+        everything = check_objects(runs[False], pixels.shape)
+        kept = check_objects(runs[True], pixels.shape)
+        # the module applies the backend's filters to what it found ...
+        expected, _, dropped = discard_objects(everything, np.ones(everything.max()), True,
+                                               (12, 60))
+        assert np.array_equal(kept, expected)
+        statistics = dict(runs[True].workspace.display_data.statistics)
+        for what, key in (("touching the border", "border"),
+                          ("outside the diameter range", "size")):
+            assert statistics.get("Discarded: " + what, "0") == "%d" % dropped[key]
+        # ... and what they keep compares with the annotations filtered alike
+        truth_kept, _, truth_dropped = discard_objects(truth, np.ones(truth.max()), True,
+                                                       (12, 60))
+        ours_all, truth_all = everything.max(), truth.max()
+        ours, truth_kept = kept.max(), truth_kept.max()
+        if row["style"] == "fluo":  # where the model's counts are right, so are the filtered
+            assert abs(ours - truth_kept) <= max(3, 0.2 * truth_kept), (name, ours, truth_kept)
+            assert abs(dropped["border"] - truth_dropped["border"]) <= 4, (name, dropped,
+                                                                          truth_dropped)
+        else:  # H&E: the model finds too few (known), in the same proportion after filtering
+            assert abs(ours / truth_kept - ours_all / truth_all) < 0.1, (name, ours, truth_kept)
+        assert ours < ours_all  # every bundled image has nuclei on its border
 
 
 def test_parameter_settings_show_only_what_applies(cp):
@@ -627,7 +714,7 @@ def test_cppipe_round_trip_of_both_modules(cp, tmp_path):
     pipeline.dump(buf)
     text = buf.getvalue()
     assert "SegmentNucleiStyleAdapted:[module_num:2|svn_version" in text
-    assert "variable_revision_number:2|" in text
+    assert "variable_revision_number:3|" in text
     path = tmp_path / "roundtrip.cppipe"
     path.write_text(text)
     loaded = cp.Pipeline()
