@@ -15,6 +15,7 @@ import sys
 
 from cellprofiler_core.setting import Binary, ValidationError
 from cellprofiler_core.setting.choice import Choice
+from cellprofiler_core.setting.do_something import DoSomething
 from cellprofiler_core.setting.text import Directory, Filename, Float
 
 LOGGER = logging.getLogger(__name__)
@@ -83,6 +84,17 @@ def model_settings(choice_text, choice_doc, location_text, location_doc, name_te
 
 def use_gpu_setting(doc):
     return Binary("Use GPU when available?", True, doc=doc)
+
+
+GPU_TEST_DOC = """\
+Press this button to check whether the modules can use a GPU on this computer: it reports
+PyTorch's version and CUDA build, the GPU found, and the time to segment a small test image
+on it, or why no GPU can be used (the modules then run on the CPU)."""
+
+
+def gpu_test_setting(callback):
+    """The *Test GPU* button (as RunCellpose's); ``callback`` is the module's check_gpu."""
+    return DoSomething("", "Test GPU", callback, doc=GPU_TEST_DOC)
 
 
 def gpu_memory_share_setting(doc):
@@ -325,6 +337,23 @@ class NucleaizerModule:
     def model_setting(self):
         """The setting to point at when the model cannot be used."""
         return self.model_name if self.model_choice == MODEL_CUSTOM else self.model_choice
+
+    def check_gpu(self):
+        """The *Test GPU* button's action: the backend's device.check_gpu (a real
+        segmentation on the GPU), shown in a message box in the GUI and logged; returns
+        its GpuCheck (so it can be called without a GUI)."""
+        from nucleaizer_backend.device import check_gpu
+
+        report = check_gpu()
+        LOGGER.info("%s: GPU test: %s", self.module_name, report.message)
+        try:
+            import wx
+
+            if wx.GetApp() is not None:
+                wx.MessageBox(report.message, caption="GPU test")
+        except ImportError:  # headless CellProfiler: the log has it
+            pass
+        return report
 
     def device(self):
         """The backend's device argument: "auto" (CUDA when PyTorch sees it) or "cpu"."""

@@ -31,6 +31,7 @@ from _nucleaizer_common import (
     NucleaizerModule,
     backend as _backend,
     gpu_memory_share_setting,
+    gpu_test_setting,
     model_settings,
     show_image,
     show_statistics,
@@ -111,6 +112,7 @@ class EstimateNucleusSize(NucleaizerModule, Module):
             "Name the objects", "PresegNuclei", doc=_doc(help_text.OBJECTS_NAME_DOC)
         )
         self.use_gpu = use_gpu_setting(_doc(help_text.USE_GPU_DOC))
+        self.test_gpu = gpu_test_setting(self.check_gpu)
         self.gpu_memory_share = gpu_memory_share_setting(_doc(help_text.GPU_MEMORY_SHARE_DOC))
 
     def settings(self):
@@ -126,7 +128,7 @@ class EstimateNucleusSize(NucleaizerModule, Module):
             result += [self.model_directory, self.model_name]
         result += [self.confidence, self.use_gpu]
         if self.use_gpu:
-            result += [self.gpu_memory_share]
+            result += [self.test_gpu, self.gpu_memory_share]
         result += [self.want_objects]
         if self.want_objects:
             result += [self.objects_name]

@@ -22,6 +22,7 @@ from _nucleaizer_common import (
     NUCLEAIZER_DOI,
     NucleaizerModule,
     gpu_memory_share_setting,
+    gpu_test_setting,
     model_settings,
     model_written_upstream,
     show_image,
@@ -215,6 +216,7 @@ class SegmentNucleiStyleAdapted(NucleaizerModule, ImageSegmentation):
             doc=_doc(help_text.EXCLUDE_BORDER_DOC),
         )
         self.use_gpu = use_gpu_setting(_doc(help_text.USE_GPU_DOC))
+        self.test_gpu = gpu_test_setting(self.check_gpu)
         self.gpu_memory_share = gpu_memory_share_setting(_doc(help_text.GPU_MEMORY_SHARE_DOC))
         self.use_mask = Binary(
             "Restrict detection to a mask?", False, doc=_doc(help_text.USE_MASK_DOC)
@@ -268,7 +270,7 @@ class SegmentNucleiStyleAdapted(NucleaizerModule, ImageSegmentation):
             result += [self.size_range]
         result += [self.exclude_border_objects, self.use_gpu]
         if self.use_gpu:
-            result += [self.gpu_memory_share]
+            result += [self.test_gpu, self.gpu_memory_share]
         result += [self.use_mask]
         if self.use_mask:
             result += [self.mask_name]

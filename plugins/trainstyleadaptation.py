@@ -28,6 +28,7 @@ from _nucleaizer_common import (
     last_cycle_of_group,
     model_settings,
     show_image,
+    gpu_test_setting,
     show_statistics,
     use_gpu_setting,
 )
@@ -138,6 +139,7 @@ class TrainStyleAdaptation(NucleaizerModule, Module):
             "Preset", [PRESET_QUICK, PRESET_FULL], PRESET_QUICK, doc=_doc(help_text.PRESET_DOC)
         )
         self.use_gpu = use_gpu_setting(_doc(help_text.USE_GPU_DOC))
+        self.test_gpu = gpu_test_setting(self.check_gpu)
         self.advanced = Binary(
             "Use advanced settings?", False, doc=_doc(help_text.ADVANCED_DOC)
         )
@@ -198,6 +200,8 @@ class TrainStyleAdaptation(NucleaizerModule, Module):
         if self.model_choice == MODEL_CUSTOM:
             result += [self.model_directory, self.model_name]
         result += [self.output_directory, self.output_name, self.when, self.preset, self.use_gpu]
+        if self.use_gpu:
+            result += [self.test_gpu]
         result += [self.advanced]
         if self.advanced:
             result += self._advanced_settings()

@@ -140,3 +140,19 @@ def test_estimate_size_matches_segment_image(auto_size_results, examples):
     # labels hold every nucleus found; the estimate measured the single-looking ones
     assert est.count == len(single_nucleus_diameters(est.labels)) <= est.labels.max()
     assert est.median_diameter == pytest.approx(np.median(single_nucleus_diameters(est.labels)))
+
+
+def test_gpu_check_is_an_answer_not_a_crash():
+    import torch
+
+    from nucleaizer_backend.device import _test_image, check_gpu
+    from nucleaizer_backend.segment import segment_image
+
+    report = check_gpu()
+    assert report.ok == torch.cuda.is_available()
+    if report.ok:
+        assert report.device and report.seconds > 0 and "(16 nuclei)" in report.message
+    else:
+        assert report.message.startswith("No GPU") and "CPU" in report.message
+    # the test image is one the shipped model segments exactly (16 disks of 20 px)
+    assert segment_image(_test_image(), diameter=20, device="cpu").count == 16

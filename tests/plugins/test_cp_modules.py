@@ -10,6 +10,7 @@ Manual nucleus diameters are used wherever a test is not about size estimation (
 import ast
 import io
 import json
+import logging
 import os
 import pathlib
 import shutil
@@ -949,3 +950,27 @@ def test_estimate_display_with_stand_in_figure(cp):
     objects = run.objects("PresegNuclei")
     assert objects.count >= run.image("NucleusSize_ImageCount") == \
         len(single_nucleus_diameters(objects.segmented))
+
+
+def test_test_gpu_button_reports_what_it_finds(cp, caplog):
+    """The *Test GPU* button (as RunCellpose's), pressed without a GUI: a real check, its
+    answer logged; here without a GPU it says so, with a GPU it segments the test image."""
+    import torch
+
+    modules = [segment_module(cp), estimate_module(cp),
+               cp.instantiate_module("TrainStyleAdaptation")]
+    for module in modules:
+        module.use_gpu.value = True
+        buttons = [s for s in module.visible_settings() if s.text == "" and
+                   getattr(s, "label", "") == "Test GPU"]
+        assert len(buttons) == 1, module.module_name
+        with caplog.at_level(logging.INFO):
+            caplog.clear()
+            buttons[0].on_event_fired()
+        assert "GPU test:" in caplog.text
+        report = module.check_gpu()
+        assert report.ok == torch.cuda.is_available()
+        assert ("GPU works" in report.message) == report.ok
+        assert report.message.startswith("No GPU") or report.ok or "failed" in report.message
+        module.use_gpu.value = False
+        assert not any(getattr(s, "label", "") == "Test GPU" for s in module.visible_settings())
