@@ -54,7 +54,8 @@ def _log_progress_to_stderr():
 
 
 SUMMARY_FIELDS = ("image", "nuclei", "diameter_px", "scale", "size_reliable", "seconds",
-                  "error", "labels", "note", "discarded_size", "discarded_border")
+                  "error", "labels", "note", "discarded_size", "discarded_border",
+                  "seconds_size", "seconds_detect", "seconds_unet", "seconds_postprocess")
 
 
 def cmd_segment(args):
@@ -132,7 +133,9 @@ def _result_row(row, r, stem):
                 size_reliable="" if r.size_estimate is None else r.size_estimate.reliable,
                 seconds=round(r.seconds, 3), labels=f"{stem}.tif",
                 note="; ".join(n for n in notes if n), discarded_size=r.discarded["size"],
-                discarded_border=r.discarded["border"])
+                discarded_border=r.discarded["border"],
+                **{f"seconds_{k}": round(r.stage_seconds[k], 3) if k in r.stage_seconds else ""
+                   for k in ("size", "detect", "unet", "postprocess")})
 
 
 def _renamed_note(path, stem):

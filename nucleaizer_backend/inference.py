@@ -9,7 +9,8 @@ many times, as ``tune`` does.
 ``postprocess`` turns them into the final labels without any network: minimum confidence ->
 post-processing rules -> U-Net contour correction -> optional mask (refine.py).
 """
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -43,6 +44,8 @@ class NetworkOutputs:
     tta: the labels are the merge of the test-time augmented versions.
     degenerate: why the image holds nothing to find (too small, all NaN, constant; see
     degenerate_reason), "" for an ordinary image.
+    seconds: wall time (s) of each stage run: "normalise", "size" (preseg estimate, only
+    when no diameter was given), "detect" (Mask R-CNN, TTA included), "unet".
     """
 
     labels: np.ndarray
@@ -56,6 +59,7 @@ class NetworkOutputs:
     mask_probability: np.ndarray = None
     tta: bool = False
     degenerate: str = ""
+    seconds: dict = field(default_factory=dict)
 
     @property
     def shape(self):
@@ -117,18 +121,22 @@ def infer(model, image, diameter=None, confidence=0.5, unet=True, mask_probabili
     mask_probability: also return the masks' probability. tta: test-time augmentation (6
     Mask R-CNN passes: the whole segmentation about 2.7x slower, BENCHMARKS.md). tile_size: Mask R-CNN tile, px at the working scale.
     """
+    clock = StageClock()
     norm = normalize_image(image)
+    clock.done("normalise")
     shape = norm.shape[:2]
     estimate = None
     if diameter is None:
         estimate = preseg_size(model, norm)
         diameter = estimate.median_diameter
+        clock.done("size")
     if not diameter > 0:
         raise InputImageError(f"nucleus diameter must be positive (got {diameter})")
     scale, clamped = choose_scale(float(diameter), model.working_diameter, shape)
     unet = unet and model.unet is not None
     out = NetworkOutputs(np.zeros(shape, np.uint16), np.zeros(0, np.float32), confidence,
-                         float(diameter), scale, clamped, estimate, tta=bool(tta))
+                         float(diameter), scale, clamped, estimate, tta=bool(tta),
+                         seconds=clock.seconds)
     if nothing_to_find(norm):
         out.degenerate = degenerate_reason(image, norm)
         out.unet_probability = np.zeros(shape, np.float32) if unet else None
@@ -145,9 +153,24 @@ def infer(model, image, diameter=None, confidence=0.5, unet=True, mask_probabili
             out.mask_probability = detect_labels(norm, with_probability=True)[2]
     else:
         out.labels, out.scores, out.mask_probability = detect_labels(norm, mask_probability)
+    clock.done("detect")
     if unet:
         out.unet_probability = foreground_probability(model.unet, norm, scale, model.device)
+        clock.done("unet")
     return out
+
+
+class StageClock:
+    """Wall time of consecutive stages: ``done(name)`` records the seconds since the last
+    call (or since the clock was made) under ``name`` in ``seconds``."""
+
+    def __init__(self):
+        self.seconds, self.last = {}, time.perf_counter()
+
+    def done(self, name):
+        now = time.perf_counter()
+        self.seconds[name] = self.seconds.get(name, 0.0) + now - self.last
+        self.last = now
 
 
 def postprocess_params(model, overrides=None, confidence=None):

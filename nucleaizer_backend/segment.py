@@ -41,6 +41,9 @@ class SegmentationResult:
     labels are then empty. "" for an ordinary image.
     discarded: {"size": n, "border": n} nuclei dropped by ``diameter_range`` and
     ``discard_border`` (labels.discard_objects).
+    stage_seconds: wall time (s) of each stage: "normalise", "size" (only when the diameter
+    was estimated), "detect", "unet", "postprocess" (rules, U-Net contours, filters); the
+    rest of ``seconds`` is model loading and bookkeeping.
     """
 
     labels: np.ndarray
@@ -56,6 +59,7 @@ class SegmentationResult:
     tta: bool = False
     degenerate: str = ""
     discarded: dict = field(default_factory=lambda: {"size": 0, "border": 0})
+    stage_seconds: dict = field(default_factory=dict)
 
     @property
     def count(self):
@@ -144,15 +148,17 @@ def segment_image(image, model=None, diameter=None, device="auto", confidence=No
                     unet=level == "full" or return_probability,
                     mask_probability=return_probability and model.unet is None,
                     tta=tta, tile_size=tile_size)
+    t_post = time.perf_counter()
     labels, scores = postprocess_outputs(outputs, params, level, mask)
     labels, scores, discarded = discard_objects(labels, scores, discard_border, diameter_range)
+    stage_seconds = dict(outputs.seconds, postprocess=time.perf_counter() - t_post)
     if outputs.degenerate:
         LOGGER.warning("degenerate image (%s): no nuclei", outputs.degenerate)
     return SegmentationResult(labels, scores, outputs.diameter, outputs.scale,
                               outputs.scale_clamped, outputs.size_estimate,
                               outputs.probability if return_probability else None,
                               time.perf_counter() - t0, params, level != "none", bool(tta),
-                              outputs.degenerate, discarded)
+                              outputs.degenerate, discarded, stage_seconds)
 
 
 def segment(image, model=None, diameter=None, device="auto", confidence=None, **kwargs):

@@ -159,6 +159,16 @@ def size_reliable(result):
     return result.size_estimate is None or bool(result.size_estimate.reliable)
 
 
+STAGE_NAMES = {"size": "size estimate", "detect": "Mask R-CNN", "unet": "U-Net",
+               "postprocess": "post-processing"}
+
+
+def stage_times(seconds):
+    """'size estimate 0.31 s, Mask R-CNN 0.84 s, ...' of a result's stage_seconds."""
+    return ", ".join("%s %.2f s" % (STAGE_NAMES[k], seconds[k]) for k in STAGE_NAMES
+                     if k in seconds)
+
+
 def summary_statistics(result, labels, count, diameter):
     """The display's table of one image's segmentation (``diameter``: the one asked for,
     None when automatic)."""
@@ -180,7 +190,7 @@ def summary_statistics(result, labels, count, diameter):
             "%.3g%s" % (result.scale, " (clamped)" if result.scale_clamped else ""),
         ],
         ["Median confidence", "%.2f" % float(numpy.median(scores)) if len(scores) else "-"],
-        ["Time", "%.1f s" % result.seconds],
+        ["Time", "%.2f s (%s)" % (result.seconds, stage_times(result.stage_seconds))],
     ] + ([["Degenerate image", result.degenerate]] if result.degenerate else []) + [
         ["Discarded: %s" % what, "%d" % n]
         for what, n in (("outside the diameter range", result.discarded["size"]),

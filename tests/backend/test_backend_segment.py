@@ -182,3 +182,16 @@ def test_size_estimate_dict_round_trip():
             est.median_diameter, est.count, est.reliable)
         assert back.spread == pytest.approx(est.spread, nan_ok=True)
         assert SizeEstimate.pooled([back, est]).count == 2 * est.count
+
+
+def test_stage_times_and_no_size_estimate_when_the_diameter_is_given(cpu_model, example_images_dir):
+    from nucleaizer_backend.imageio_utils import read_image
+
+    image = read_image(example_images_dir / "images" / "fluo_0e5edb072788.png")
+    given = segment_image(image, model=cpu_model, diameter=18)
+    estimated = segment_image(image, model=cpu_model)
+    assert set(given.stage_seconds) == {"normalise", "detect", "unet", "postprocess"}
+    assert set(estimated.stage_seconds) == set(given.stage_seconds) | {"size"}
+    for r in (given, estimated):
+        assert all(v >= 0 for v in r.stage_seconds.values())
+        assert sum(r.stage_seconds.values()) <= r.seconds

@@ -155,6 +155,9 @@ def test_segment_discard_filters(example_images_dir, tmp_path, capsys):
     dropped = int(row["discarded_border"]) + int(row["discarded_size"])
     assert int(row["discarded_border"]) > 0 and int(row["nuclei"]) == kept.max()
     assert kept.max() == everything.max() - dropped
+    # the time of each stage (no size estimate: the diameter was not given, so there is one)
+    stages = {k: float(row[f"seconds_{k}"]) for k in ("size", "detect", "unet", "postprocess")}
+    assert all(v > 0 for v in stages.values()) and sum(stages.values()) <= float(row["seconds"])
     capsys.readouterr()
     rc = cli.main(["segment", img, "-o", str(tmp_path / "bad"), "--diameter-range", "60", "12"])
     lines = error_lines(capsys.readouterr().err)
