@@ -19,6 +19,9 @@ Network outputs and post-processing separately (to post-process one image many w
 
 No CellProfiler import lives in this package.
 """
+from ._llvm_guard import preload_triton
+
+preload_triton()  # before torch: a GUI process holds another LLVM (see _llvm_guard)
 from . import evaluate
 from .errors import InputImageError, ModelFileError, NucleaizerError
 from .segment import Model, SegmentationResult, estimate_size, segment, segment_image
