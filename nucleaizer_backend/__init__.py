@@ -21,6 +21,9 @@ No CellProfiler import lives in this package.
 """
 import logging
 
+from ._llvm_guard import preload_triton
+
+preload_triton()  # before torch: a GUI process holds another LLVM (see _llvm_guard)
 from . import evaluate
 from .errors import InputImageError, ModelFileError, NucleaizerError
 from .segment import Model, SegmentationResult, estimate_size, segment, segment_image

@@ -22,6 +22,12 @@ except ImportError:  # pragma: no cover - torch is a hard dependency of the back
     pass
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "gui: runs CellProfiler's GUI under Xvfb (tests/gui; skipped without "
+                   "wxPython or Xvfb; -m 'not gui' leaves it out)")
 EXAMPLES = REPO / "example_images"
 PLUGINS = REPO / "plugins"
 
