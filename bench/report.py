@@ -332,8 +332,8 @@ def render(results, references, current_weights=None):
     out = ["# Benchmarks", "",
            "Regenerate with `.venv/bin/python bench/run_benchmarks.py` (needs `../shared/data/"
            "dsb2018`); each section can be re-measured alone with `--sections NAME`. Metrics: "
-           "`nucleaizer_backend/evaluate.py` (METHOD.md section 5), the same code the tests "
-           "and `nucleaizer evaluate` use.", ""]
+           "`nucleaizer_backend/evaluate.py` ([docs/METHOD.md](docs/METHOD.md) section 5), "
+           "the same code the tests and `nucleaizer evaluate` use.", ""]
     facts = _model_facts()
     if facts:
         out += ["## Model measured", ""] + facts + [""]

@@ -6,7 +6,7 @@ Each section stores its raw results in bench/results/<section>.json; BENCHMARKS.
 rebuilt from all stored results, so sections can be re-measured one at a time. Needs
 ../shared/data/dsb2018 beside the repository (the data are not shipped).
 
-- accuracy: DSB score and the other METHOD.md section 5 metrics on the 67 val images,
+- accuracy: DSB score and the other docs/METHOD.md section 5 metrics on the 67 val images,
   overall and per style, with automatic size estimation (the product as users run it) and
   with each image's true nucleus size (the network alone); CellProfiler's
   IdentifyPrimaryObjects measured on the same images with the same metric.

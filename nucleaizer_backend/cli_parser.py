@@ -145,7 +145,8 @@ def build_parser():
     u.add_argument("--dry-run", action="store_true", help="only print the tuned values")
     model_args(u)
 
-    v = sub.add_parser("evaluate", help="score label images against ground truth (METHOD.md 5)")
+    v = sub.add_parser("evaluate", help="score label images against ground truth "
+                       "(docs/METHOD.md section 5)")
     v.add_argument("--pred", required=True, help="folder of predicted label images")
     v.add_argument("--truth", required=True, help="folder of true label images (or DIR/labels)")
     v.add_argument("--json", help="write all metrics and per-image rows to this JSON file")

@@ -1,4 +1,4 @@
-"""The one implementation of the segmentation metrics (METHOD.md section 5).
+"""The one implementation of the segmentation metrics (docs/METHOD.md section 5).
 
 Used by the tests, the benchmarks, validation during training and ``nucleaizer evaluate``.
 

@@ -1,5 +1,5 @@
 """The U-Net's nucleus foreground probability of an image, run at the working scale
-(METHOD.md section 2, step 6: what the contour correction of refine.py follows)."""
+(docs/METHOD.md section 2.6: what the contour correction of refine.py follows)."""
 import torch
 
 from .geometry import DEFAULT_OVERLAP, map_to_original, owned_ranges, rescale_image, tile_starts

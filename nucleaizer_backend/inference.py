@@ -1,4 +1,4 @@
-"""The nucleAIzer inference path in two halves (METHOD.md section 2).
+"""The nucleAIzer inference path in two halves (docs/METHOD.md section 2).
 
 ``infer`` runs the networks: normalise -> estimate the size (preseg, unless a diameter is
 given) -> rescale to the working size -> Mask R-CNN (optionally with test-time

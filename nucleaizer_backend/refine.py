@@ -1,5 +1,5 @@
 """Post-processing of Mask R-CNN labels: the p1..p6 rules and U-Net contour correction
-(METHOD.md section 2, step 6; nucleAIzer Online Methods 2.2.2). Pure numpy: the U-Net's
+(docs/METHOD.md section 2.6; nucleAIzer Online Methods 2.2.2). Pure numpy: the U-Net's
 probability comes from foreground.py.
 
 All rules work on a label image in the *original* geometry with its per-object scores

@@ -2,7 +2,7 @@
 estimate_size taking a Model or a model path.
 
 segment_image = inference.infer (the networks) + inference.postprocess (the rules), with
-the post-processing parameters of the model and the caller (METHOD.md section 2).
+the post-processing parameters of the model and the caller (docs/METHOD.md section 2).
 """
 import logging
 import time

@@ -1,4 +1,4 @@
-"""Nucleus size estimation with the preseg network (METHOD.md section 2, step 2).
+"""Nucleus size estimation with the preseg network (docs/METHOD.md section 2.2).
 
 The image's nucleus size is the median equivalent diameter sqrt(4 * area / pi) (px, original
 image) of the preseg network's confident detections that look like single nuclei (solidity

@@ -1,4 +1,4 @@
-"""Test-time augmentation (METHOD.md section 2, step 8): the image is segmented as it is,
+"""Test-time augmentation (docs/METHOD.md section 2.8): the image is segmented as it is,
 flipped and rotated by 90/180/270 degrees; each result is mapped back, instances are matched
 across the versions at IoU >= 0.5, kept when found in the majority of versions, and each kept
 nucleus's mask is the pixel majority of its matched instances.

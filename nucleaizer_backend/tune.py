@@ -1,5 +1,5 @@
 """Search the post-processing parameters (p1..p6 and the detection confidence) that maximise
-the DSB score on a user's annotated images (METHOD.md section 2 step 6; the paper tuned them
+the DSB score on a user's annotated images (docs/METHOD.md section 2.6; the paper tuned them
 with a genetic search on DSB), so that a lab can tune once on a few annotated images.
 
 The networks run once per image (inference.infer: Mask R-CNN labels at the lowest confidence

@@ -37,12 +37,21 @@ A 2D grayscale or colour image of nuclei (any modality; no preprocessing needed)
 the images of a group, the input image should come straight from the input modules
 (**NamesAndTypes**): see *Technical notes*.
 
+Only one EstimateNucleusSize module per pipeline: its measurement names do not carry the
+image's name, so a second module would overwrite them (CellProfiler marks the second one as
+invalid).
+
 What do I get as output?
 ^^^^^^^^^^^^^^^^^^^^^^^^
 
 Image measurements and, optionally, the nuclei that the size was measured on as objects
 (a quick, size-robust but less accurate segmentation than **SegmentNucleiStyleAdapted**;
 useful to check what the estimate is based on).
+
+The display window shows the input image (with the outlines of the measured nuclei when
+they are saved as objects), a histogram of this image's nucleus diameters, and a table:
+this image's median diameter, number of nuclei measured and spread; in group mode the same
+for the group, with its number of images; and whether the estimate is reliable.
 
 Measurements made by this module
 ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^
@@ -54,8 +63,9 @@ group):
    of the nuclei found that look like single nuclei (solidity at least 0.9: two touching
    nuclei found as one object have a concave outline and would count as one big nucleus;
    all nuclei found are used when fewer than 5 qualify). When fewer than 5 nuclei are
-   found, the default diameter of 20 pixels (or the median of the few found) is reported
-   and *Reliable* is 0.
+   found, the median of the few found (or the default diameter of 20 pixels when none is
+   found) is reported and *Reliable* is 0: never NaN, so it can always drive
+   **SegmentNucleiStyleAdapted**.
 -  *NucleusSize_Spread:* Interquartile range of the diameters divided by their median
    (0 = all nuclei the same size; NaN when unreliable).
 -  *NucleusSize_Count:* Number of nuclei measured (the single-looking ones, see above).
@@ -63,8 +73,9 @@ group):
 -  *NucleusSize_ImageMedianDiameter, NucleusSize_ImageCount:* The same for this image alone
    (equal to the above when estimating each image individually); in group mode they show
    which images of a group differ from the rest.
--  *Count:* (when saving the nuclei as objects) the number of those objects: every nucleus
-   found, so it can exceed *NucleusSize_ImageCount*.
+-  *Count:* (when saving the nuclei as objects; *Count_* followed by the objects' name) the
+   number of those objects: every nucleus found, including the concave ones left out of the
+   size, so it can exceed *NucleusSize_ImageCount*.
 
 **Object measurements** (when saving the nuclei as objects): *Location_Center_X/Y/Z*,
 *Number_Object_Number*.
@@ -81,7 +92,10 @@ images of the group before the group's first cycle runs (like **CorrectIlluminat
 in *All: First cycle* mode), so that the pooled size is available to downstream modules of
 the same pipeline from the first image on. To do so it runs the modules that come before it
 (up to the module that provides the input image) once more for each image, which is cheap
-for the input modules. The whole group is processed by one worker. Without **Groups**, the
+for the input modules; when the input image is made by a processing module rather than
+**NamesAndTypes**, the module shows a warning. Each image is measured once (twice when its
+nuclei are also saved as objects). The module marks itself as an aggregation module, so the
+whole group is processed by one worker. Without **Groups**, the
 group is all images of the run. The pool is made of the images that the run processes: on a
 cluster, run each group as one job (``cellprofiler -c -r -p Batch_data.h5 -g
 Metadata_Plate=P1``); a job given only part of a group with ``-f``/``-l`` pools only the
@@ -150,6 +164,7 @@ CPU; *No* always uses the CPU."""
 GPU_MEMORY_SHARE_DOC = """\
 *(Used only when a GPU is used)*
 
-Largest fraction (0 to 1) of the GPU's memory that one CellProfiler worker process may use;
-this share times the number of workers should be at most 1. The limit applies to the whole
+Largest fraction (0.01 to 1) of the GPU's memory that one CellProfiler worker process may
+use; 0.25 by default, for four workers. This share times the number of workers should be at
+most 1 (for a single headless process, 1.0 is fine). The limit applies to the whole
 worker process (all nucleAIzer modules in it)."""

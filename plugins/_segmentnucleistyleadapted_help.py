@@ -58,22 +58,27 @@ What do I get as output?
 Nucleus objects (non-overlapping, same size as the input image) and, optionally, an image of
 the network's per-pixel nucleus probability.
 
-The display window shows the input image, the objects as a label image, the input with the
-objects' outlines and a table with the number of nuclei, their median diameter, the nucleus
-diameter and rescaling factor used, their median confidence, and the time taken.
+The display window shows the input image, the nuclei as a label image, the input with the
+nuclei's outlines, and a table: the number of nuclei, their median diameter, the nucleus
+diameter used (marked *automatic* when it was estimated, and *unreliable* when the estimate
+found too few nuclei), the rescaling factor (marked *clamped* when it was), the nuclei's
+median confidence and the time taken; and, when they apply, that the image was degenerate
+and how many nuclei the diameter-range and border filters discarded.
 
 Measurements made by this module
 ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^
 
-**Image measurements:**
+**Image measurements** (each name ends with the objects' name, e.g. *Count_Nuclei*,
+*Nucleaizer_Diameter_Nuclei*):
 
 -  *Count:* The number of nuclei found.
 -  *Nucleaizer_Diameter:* The nucleus diameter (pixels) the image was rescaled for: the
    manual value, the measurement's value, or the automatic estimate.
--  *Nucleaizer_Scale:* The rescaling factor actually applied (working size / original size).
--  *Nucleaizer_ScaleClamped:* 1 when the wanted rescaling was outside the allowed range or
-   the working image would have been too large, so a smaller or larger factor was used
-   (check the diameter in that case), else 0.
+-  *Nucleaizer_Scale:* The rescaling factor actually applied (working size / original size:
+   40 / diameter unless clamped).
+-  *Nucleaizer_ScaleClamped:* 1 when the wanted rescaling was outside the allowed range
+   (0.05 to 10) or the working image would have been too large (over 64 million pixels),
+   so a smaller or larger factor was used (check the diameter in that case), else 0.
 -  *Nucleaizer_SizeReliable:* 0 when the automatic size estimate measured fewer than 5
    nuclei (the median of those few, or the default 20 px when none, was used), else 1.
 -  *Nucleaizer_DegenerateImage:* 1 when the image cannot hold a nucleus (smaller than 4x4
@@ -86,6 +91,10 @@ Measurements made by this module
 -  *Number_Object_Number:* Object number.
 -  *Nucleaizer_Confidence:* (optional) The network's detection confidence (0-1).
 
+All of them are declared to CellProfiler, so **ExportToSpreadsheet** and
+**ExportToDatabase** export them and other modules (**FilterObjects**, **CalculateMath**,
+**ClassifyObjects**...) can select them.
+
 Technical notes
 ^^^^^^^^^^^^^^^
 
@@ -97,7 +106,8 @@ fragments surrounded by a neighbour merged (p1), tiny objects removed (p2), outl
 to follow a U-Net's nucleus probability (p3 threshold, p4/p5 margins) and objects the U-Net
 does not confirm removed (p6). Optional test-time augmentation segments flipped and rotated
 copies and keeps the majority. Trained networks are loaded once per worker process and
-reused (per model file and device).
+reused (per model file and device). The method step by step, with its numbers, is in the
+project's docs/METHOD.md.
 
 References
 ^^^^^^^^^^
@@ -140,7 +150,8 @@ MODEL_LOCATION_DOC = """\
 The folder that holds the model: either the model folder itself (leave the name below
 blank) or the folder that contains it or the network file (enter its name below). Using the
 Default Input/Output Folder or a subfolder of them keeps the pipeline portable between
-computers and cluster nodes."""
+computers and cluster nodes; a folder chosen with *Elsewhere...* is rewritten by the path
+mappings of **CreateBatchFiles** for a cluster."""
 
 MODEL_NAME_DOC = """\
 *(Used only with a custom model)*
@@ -170,13 +181,14 @@ SIZE_MEASUREMENT_DOC = """\
 *(Used only when the nucleus size comes from an image measurement)*
 
 Select the image measurement that holds the typical nucleus diameter in pixels, e.g.
-*NucleusSize* > *MedianDiameter* made by **EstimateNucleusSize**."""
+*NucleusSize* > *MedianDiameter* made by **EstimateNucleusSize**. CellProfiler checks that
+a module above this one makes it."""
 
 MANUAL_DIAMETER_DOC = """\
 *(Used only with a manual nucleus size)*
 
-The typical diameter of a nucleus in pixels, e.g. measured on a few nuclei with the
-measuring tool of the image viewer."""
+The typical diameter of a nucleus in pixels (at least 1), e.g. measured on a few nuclei
+with the measuring tool of the image viewer."""
 
 REFINEMENT_DOC = """\
 How the network's nuclei are cleaned up (nucleAIzer's post-processing):
@@ -201,11 +213,18 @@ it does not pay on those images (DSB 0.566 with it, 0.569 without; the same on H
 little worse on fluorescence); it may with other models or images."""
 
 PARAMS_DOC = """\
-*{PARAMS_MODEL}* uses the values stored with the model: for the shipped model those tuned
-on the DSB 2018 val images, for your own those found by ``nucleaizer tune`` (see the
-README); a model without stored values uses the published nucleAIzer ones. *{PARAMS_CUSTOM}*
-shows the detection confidence and the post-processing parameters p1 to p6 to set by hand
-(advanced); they start from the chosen model's values."""
+*{PARAMS_MODEL}* uses the values stored with the model (its ``model.json``): for the shipped
+model those tuned on the DSB 2018 val images (confidence 0.8, p1 1, p2 150 px², p3 0.7,
+p4 2 px, p5 1 px, p6 0.8), for an adapted model its base model's, for your own those found
+by ``nucleaizer tune``. A model without stored values uses the published nucleAIzer ones
+(confidence 0.5, p1 0.17, p2 44 px², p3 0.9375, p4 1 px, p5 1 px, p6 0.8), which were
+tuned for the paper's networks and score lower with these (see the project's BENCHMARKS.md).
+*{PARAMS_CUSTOM}* shows the detection confidence and the post-processing parameters p1 to
+p6 to set by hand (advanced); they start from the chosen model's values.
+
+To find good values for your images, annotate a few of them and run
+``nucleaizer tune --images DIR --truth DIR --out MY_MODEL``; then choose *Model* = *Custom*
+with the folder MY_MODEL and keep *{PARAMS_MODEL}*."""
 
 CONFIDENCE_DOC = """\
 *(Used only with custom parameters)*
@@ -276,7 +295,8 @@ to always use the CPU."""
 GPU_MEMORY_SHARE_DOC = """\
 *(Used only when a GPU is used)*
 
-Largest fraction (0 to 1) of the GPU's memory that one CellProfiler worker process may use.
+Largest fraction (0.01 to 1) of the GPU's memory that one CellProfiler worker process may
+use (PyTorch's per-process memory fraction); 0.25 by default, for four workers.
 CellProfiler runs several workers at once (see *Preferences > Maximum number of
 workers*), each with its own copy of the model: choose the share so that it times the
 number of workers (times the number of CellProfiler instances sharing the GPU) is at most 1.
@@ -292,7 +312,8 @@ MASK_NAME_DOC = """\
 *(Used only when restricting detection to a mask)*
 
 A binary image (or any image: non-zero pixels count as inside) of the same size as the input
-image. Objects with at least half their area inside the mask are kept."""
+image, other than the input image itself. Objects with at least half their area inside the
+mask are kept."""
 
 WANT_CONFIDENCE_DOC = """\
 Select *Yes* to record the network's confidence for each nucleus as the object measurement

@@ -73,14 +73,21 @@ and a ``work`` sub-folder with the intermediate results. An interrupted adaptati
 where it stopped when the pipeline is run again on the same images, and a finished one is
 not redone (delete the folder, or choose another one, to adapt again).
 
-The display window shows the style sheet and a summary of the adaptation.
+The display window shows, at each cycle, the input image and a table: with *{WHEN_END}*
+the number of images collected so far and the folder the model will be written to, with
+*{WHEN_FIRST}* the adapted model the group is segmented with (its images and styles). After
+the group it shows the style sheet and the adaptation report (images and where their masks
+came from, styles, merged and skipped styles, style models, synthetic pairs, fine-tuning
+steps, time per stage).
 
 Measurements made by this module
 ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^
 
-**Experiment measurements** (recorded at the end of the run; with several groups, the
-numbers are summed over the groups' adaptations and the folders listed, separated by
-"; "):
+**Experiment measurements** (recorded at the end of the run, read from the model folders'
+``model.json``, so they are there also when the groups ran in CellProfiler's worker
+processes; export them with **ExportToSpreadsheet**'s *Experiment* data,
+``Experiment.csv``; with several groups, the numbers are summed over the groups'
+adaptations and the folders listed, separated by "; "):
 
 -  *StyleAdaptation_ModelFolder:* The adapted model folder.
 -  *StyleAdaptation_Images:* Images adapted to.
@@ -88,10 +95,12 @@ numbers are summed over the groups' adaptations and the folders listed, separate
 -  *StyleAdaptation_Styles:* Styles found among the images.
 -  *StyleAdaptation_StyleModels:* Styles that got a style model (the others had too few
    images or no nuclei).
--  *StyleAdaptation_SkippedImages:* Images of styles that got no style model.
+-  *StyleAdaptation_SkippedImages:* Images of styles that got no style model (too few
+   images or no nuclei).
 -  *StyleAdaptation_SyntheticPairs:* Synthetic image/mask pairs made.
 -  *StyleAdaptation_FineTuneSteps:* Fine-tuning steps of the main network.
--  *StyleAdaptation_Seconds:* Time the adaptation took (all stages).
+-  *StyleAdaptation_Seconds:* Time the adaptation took (all stages; for a reused
+   adaptation, the time it took when it ran).
 
 Technical notes
 ^^^^^^^^^^^^^^^
@@ -106,9 +115,11 @@ style's nucleus size, density and spatial arrangement) painted by the style's ne
 fine-tuning of the base model's main network, then (a stage of its own) of its contour U-Net,
 on the original training images (a compact replay set shipped with the backend) plus the
 synthetic pairs; and packaging of the adapted model into its folder. Progress is written to
-CellProfiler's log.
+CellProfiler's log, at most one line every 15 seconds per stage. In test mode the module
+does not adapt (it says so in the log). The method step by step is in the project's
+docs/METHOD.md section 4.
 
-*Presets:* *{PRESET_QUICK}* (short schedules: about 30 minutes for 20 images on a 2-core
+*Presets:* *{PRESET_QUICK}* (short schedules: about 25 minutes for 20 images on a 2-core
 CPU) and *{PRESET_FULL}* (the paper's schedules: hours on a CPU; a GPU is recommended).
 Training uses a CUDA GPU whenever PyTorch sees one.
 
@@ -118,6 +129,17 @@ annotation objects) run once more for each image before the group's first cycle,
 cheap for the input modules. With several groups, each group needs its own model folder:
 put a metadata tag in the folder name (e.g. ``adapted_\\g<Plate>``) with *{WHEN_END}*, or run
 one group per job (``-g``) with its own output folder (``-o``) with *{WHEN_FIRST}*.
+
+*Checks:* the module is marked invalid (red) when the backend is missing; the custom base
+model is missing or not a main network; the output folder has no name or is the base
+model's; the folder name holds a metadata tag with *{WHEN_FIRST}*; the pipeline is 3D; or a
+second TrainStyleAdaptation is in the pipeline. It warns (yellow) when *{WHEN_FIRST}* reruns
+processing modules to get its input image, or no **SegmentNucleiStyleAdapted** below uses
+the folder; when with *{WHEN_END}* a **SegmentNucleiStyleAdapted** below reads the same
+folder (it would read it before the model is written); when grouped images share one
+folder; and when the output folder holds other files. At run time a 3D image, annotation
+objects of another size than the image, or a group in which no image reached the module
+stop the run with a clear error.
 
 References
 ^^^^^^^^^^
@@ -197,7 +219,9 @@ WHEN_DOC = """\
 -  *{WHEN_END}:* the images are collected as the group's cycles run, and the model is
    adapted and written in the group's last cycle (after the group if its last image set
    does not reach this module). Segment with it in a second pipeline (or a later run). The
-   modules after this one see the images as usual.
+   modules after this one see the images as usual. Because the model is adapted in a
+   cycle rather than after the group, an adaptation error is an ordinary module error: a
+   headless run then exits with status 1.
 -  *{WHEN_FIRST}:* before the group's first cycle, every image of the group is loaded (the
    modules up to the one that provides the input image run once per image, as
    **CorrectIlluminationCalculate** does in *All: First cycle* mode) and the model is
@@ -220,10 +244,10 @@ an NVIDIA GPU (CUDA) when PyTorch can see one, else the CPU; *No* always uses th
 
 ADVANCED_DOC = """\
 Select *Yes* to change the number of synthetic images, the share of synthetic images in
-fine-tuning, the training lengths and the fewest images per style. *No* uses the
-defaults ({SYNTHETIC_PER_STYLE} synthetic pairs per style, a share of {SYNTHETIC_SHARE:.1f}, the \
-preset's training lengths, {MIN_IMAGES_PER_STYLE}
-images per style)."""
+fine-tuning, the training lengths, the fewest images per style and the number of
+adaptation rounds. *No* uses the defaults ({SYNTHETIC_PER_STYLE} synthetic pairs per style,
+a share of {SYNTHETIC_SHARE:.1f}, the preset's training lengths, {MIN_IMAGES_PER_STYLE} images per \
+style, {ROUNDS} round)."""
 
 SYNTHETIC_PER_STYLE_DOC = """\
 *(Used only with advanced settings)*

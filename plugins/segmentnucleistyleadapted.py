@@ -280,7 +280,17 @@ class SegmentNucleiStyleAdapted(NucleaizerModule, ImageSegmentation):
         return result
 
     def help_settings(self):
-        return self.settings()
+        """Every setting, in the order the module shows them (settings() keeps the saved
+        order, which grew by revision)."""
+        return [
+            self.x_name, self.y_name, self.model_choice, self.model_directory, self.model_name,
+            self.size_choice, self.size_measurement, self.manual_diameter,
+            self.refinement, self.tta, self.params_choice, self.confidence,
+            self.p1, self.p2, self.p3, self.p4, self.p5, self.p6,
+            self.exclude_size, self.size_range, self.exclude_border_objects,
+            self.use_gpu, self.gpu_memory_share, self.use_mask, self.mask_name,
+            self.want_confidence, self.want_probability, self.probability_name,
+        ]  # fmt: skip
 
     def upgrade_settings(self, setting_values, variable_revision_number, module_name):
         """Bring settings saved by an older version of this module to the current layout.

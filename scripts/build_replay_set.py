@@ -10,7 +10,7 @@ repository root, with ``--data ../shared/data/dsb2018`` (the DSB 2018 data the b
 use, kept beside the repository; not shipped).
 
 Style adaptation fine-tunes the main network on the original annotated data plus synthetic
-pairs in the new style (METHOD.md section 4 step 6), so that the network learns the new style
+pairs in the new style (docs/METHOD.md section 4.6), so that the network learns the new style
 without forgetting the old ones. A CellProfiler user adapting a model does not have the DSB
 training data; the package therefore ships this sample of it (about 3 MB).
 

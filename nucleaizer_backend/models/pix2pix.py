@@ -1,4 +1,4 @@
-"""pix2pix for style adaptation (METHOD.md section 4 step 3): a conditional GAN per style
+"""pix2pix for style adaptation (docs/METHOD.md section 4.3): a conditional GAN per style
 cluster that learns *mask -> image* in that cluster's appearance.
 
 - Generator: the project's :class:`~nucleaizer_backend.models.unet.UNet` (instance norm,

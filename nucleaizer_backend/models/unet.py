@@ -1,5 +1,5 @@
 """U-Net: the contour-refinement network (foreground probability of nuclei at the 40 px working
-scale, METHOD.md section 2 step 6) and the building block of the pix2pix style generator.
+scale, docs/METHOD.md section 2.6) and the building block of the pix2pix style generator.
 
 Built from small parts, torchvision-style: ``UNetConfig`` (stored in a model's metadata) ->
 ``build_unet`` -> ``UNet``. Input height and width need not be multiples of 2**depth: the

@@ -1,4 +1,4 @@
-"""Style adaptation, the whole chain (METHOD.md section 4): from unannotated images of a new
+"""Style adaptation, the whole chain (docs/METHOD.md section 4): from unannotated images of a new
 experiment to an adapted model folder.
 
 :func:`adapt` runs seven stages in a work folder ``<out>/work/`` (style.jobs); each stage

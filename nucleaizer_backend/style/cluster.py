@@ -1,4 +1,4 @@
-"""Cluster target images into styles (METHOD.md section 4, step 2).
+"""Cluster target images into styles (docs/METHOD.md section 4.2).
 
 Each image is described by a vector of style features (:func:`style_features`): the colour of
 the raw image, intensity statistics and texture of the normalised image, and the size, density

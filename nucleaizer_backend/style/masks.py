@@ -1,4 +1,4 @@
-"""Synthetic nucleus masks that mimic a style cluster's nuclei (METHOD.md section 4, step 4).
+"""Synthetic nucleus masks that mimic a style cluster's nuclei (docs/METHOD.md section 4.4).
 
 :func:`measure_nuclei` measures a cluster's (preseg or annotated) label images: nucleus size
 and elongation, density, how many nuclei touch another, and the spatial pattern at two scales:

@@ -1,4 +1,4 @@
-"""Training and using one style model (METHOD.md section 4 step 3): a pix2pix that learns
+"""Training and using one style model (docs/METHOD.md section 4.3): a pix2pix that learns
 *mask -> image* in the appearance of one style cluster, from the cluster's (mask, image) pairs.
 
 Images here are the *raw colour appearance* to be learned, not the detection input: no
@@ -53,7 +53,7 @@ def steps_for(n_images, preset="quick"):
 
     The total grows with the square root of the number of images, so the number of passes
     over each image (``steps / n_images``, "epochs") falls as ``k / sqrt(n)``: fewer epochs
-    when there are more images (METHOD.md section 4 step 3). "quick" is a few minutes on a
+    when there are more images (docs/METHOD.md section 4.3). "quick" is a few minutes on a
     CPU (about 0.85-1.1 s per 256 px step on one thread with the default architecture).
     """
     if preset not in STEP_PRESETS:

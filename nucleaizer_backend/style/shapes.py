@@ -1,4 +1,4 @@
-"""Database of real nucleus shapes, for synthetic masks (METHOD.md section 4, step 4).
+"""Database of real nucleus shapes, for synthetic masks (docs/METHOD.md section 4.4).
 
 Each annotated nucleus that lies wholly inside its image is stored in a canonical frame: its
 centroid at the centre of a ``size`` x ``size`` binary mask, its major axis (from the second

@@ -1,4 +1,4 @@
-"""Training crops and augmentations (METHOD.md section 3).
+"""Training crops and augmentations (docs/METHOD.md section 3).
 
 A crop is sampled with one affine map from the source image: scale (so nuclei reach the
 model's training size), rotation by any angle, flip and translation together, so an image is
@@ -13,7 +13,7 @@ import numpy as np
 from scipy import ndimage
 
 
-WORKING_DIAMETER = 40.0  # px: the main network's nucleus size (METHOD.md section 2)
+WORKING_DIAMETER = 40.0  # px: the main network's nucleus size (docs/METHOD.md section 2)
 PRESEG_RANGE = (12.0, 100.0)  # px: nucleus sizes preseg is trained on
 
 

@@ -1,4 +1,4 @@
-"""Segmentation metrics (METHOD.md section 5) on hand-made label images with known answers.
+"""Segmentation metrics (docs/METHOD.md section 5) on hand-made label images with known answers.
 
 Every expected value is computed by hand here from the definitions, not by the code under test.
 """

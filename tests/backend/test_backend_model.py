@@ -62,7 +62,7 @@ def test_bundled_examples_are_complete(examples, example_index):
 def test_default_model_loads_with_sane_settings():
     bundle = load_model(None, torch.device("cpu"))
     assert bundle.path == DEFAULT_MODEL_DIR.resolve()
-    assert bundle.working_diameter == pytest.approx(40.0)  # METHOD.md 2.3
+    assert bundle.working_diameter == pytest.approx(40.0)  # docs/METHOD.md section 2.3
     for net in (bundle.main, bundle.preseg):
         assert not net.training
         # dense images hold up to about 400 nuclei (torchvision's default of 100 is too low)

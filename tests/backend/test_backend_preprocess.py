@@ -1,4 +1,5 @@
-"""Input normalisation (METHOD.md 2.1): any 2D image -> float32 (H, W, 3) in [0, 1], nuclei bright."""
+"""Input normalisation (docs/METHOD.md section 2.1): any 2D image -> float32 (H, W, 3) in
+[0, 1], nuclei bright."""
 import numpy as np
 import pytest
 

@@ -1,5 +1,6 @@
-"""Output geometry of the inference path (METHOD.md 2.7): labels have exactly the input's
-(H, W), an integer dtype and 0 as background, for any size, aspect ratio and layout."""
+"""Output geometry of the inference path (docs/METHOD.md section 2.7): labels have exactly
+the input's (H, W), an integer dtype and 0 as background, for any size, aspect ratio and
+layout."""
 import numpy as np
 import pytest
 

@@ -1,4 +1,5 @@
-"""Tiled detection (METHOD.md 2.4): overlapping tiles merged without seams or duplicates.
+"""Tiled detection (docs/METHOD.md section 2.4): overlapping tiles merged without seams or
+duplicates.
 
 Three levels:
 - ``tile_starts`` / ``owned_ranges`` properties on many lengths;

@@ -1,4 +1,4 @@
-"""Style adaptation end to end (METHOD.md section 4; nucleaizer_backend.adapt): the quick
+"""Style adaptation end to end (docs/METHOD.md section 4; nucleaizer_backend.adapt): the quick
 chain on the bundled example images with tiny schedules (a few pix2pix and fine-tune steps,
 small networks for the style models), resuming after an interruption, GTstyle annotations,
 the user errors, and the shipped replay set."""

@@ -1,4 +1,4 @@
-"""pix2pix style models (METHOD.md section 4 step 3): mask representation, networks, training
+"""pix2pix style models (docs/METHOD.md section 4.3): mask representation, networks, training
 with checkpoint/resume, generation. Tiny networks on a synthetic style so that it runs in
 seconds on one CPU thread."""
 import json
