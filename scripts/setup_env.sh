@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Creates (or completes) the project-local environment .venv with everything the project needs:
 # torch + torchvision built for each other, CellProfiler 4.2.8.1 (headless) and this package.
-# Idempotent: a finished install leaves a stamp keyed on this script's content and setup.py,
-# so a second call returns at once.
+# Idempotent: a finished install leaves a stamp keyed on this script's content, setup.py and
+# pyproject.toml, so a second call returns at once.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${NUCLEAIZER_VENV:-.venv}
 PY=${PYTHON:-python3}
-stamp="$VENV/.nucleaizer-setup-$(cat scripts/setup_env.sh setup.py 2>/dev/null | sha1sum | cut -c1-12)"
+stamp="$VENV/.nucleaizer-setup-$(cat scripts/setup_env.sh setup.py pyproject.toml 2>/dev/null | sha1sum | cut -c1-12)"
 if [ -f "$stamp" ]; then exit 0; fi
 
 echo "[setup] creating $VENV (one time, about 5 minutes)" >&2

@@ -8,8 +8,9 @@
 # Called by run_tests.sh.
 #
 # The environment goes to .venv39/ (git-ignored), once: a finished install leaves a stamp keyed
-# on this script and setup.py. Everything comes from the package registry (the machine's pip
-# configuration, which may point at local wheel folders built for another Python, is bypassed).
+# on this script, setup.py and pyproject.toml. Everything comes from the package registry
+# (the machine's pip configuration, which may point at local wheel folders built for another
+# Python, is bypassed).
 #
 #   bash scripts/test_py39.sh [PYTEST ARGS]
 set -euo pipefail
@@ -38,7 +39,7 @@ find_python39() {
 }
 
 export PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS= PIP_CONSTRAINT= PIP_DISABLE_PIP_VERSION_CHECK=1
-stamp="$VENV/.stamp-$(cat scripts/test_py39.sh setup.py | sha1sum | cut -c1-12)"
+stamp="$VENV/.stamp-$(cat scripts/test_py39.sh setup.py pyproject.toml | sha1sum | cut -c1-12)"
 if [ ! -f "$stamp" ]; then
   PY39=$(find_python39) || {
     echo "[py39] no Python 3.9 found (set PYTHON39, or put python3.9 on PATH, e.g. with pyenv)" >&2
