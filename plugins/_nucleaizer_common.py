@@ -338,6 +338,19 @@ class NucleaizerModule:
         """The setting to point at when the model cannot be used."""
         return self.model_name if self.model_choice == MODEL_CUSTOM else self.model_choice
 
+    def prepare_run(self, workspace):
+        """Before the first image set: the module's own checks (validate_module: backend,
+        model, values). CellProfiler does not validate a pipeline before a headless run; a
+        model that cannot be used would otherwise fail every image set with a traceback.
+        A problem is one line in the log naming the file and the problem, and the run stops
+        before any image (``cellprofiler -c -r`` exits with status 1)."""
+        try:
+            self.validate_module(workspace.pipeline)
+        except ValidationError as e:
+            LOGGER.error("%s: %s", self.module_name, e.message)
+            return False
+        return True
+
     def check_gpu(self):
         """The *Test GPU* button's action: the backend's device.check_gpu (a real
         segmentation on the GPU), shown in a message box in the GUI and logged; returns

@@ -381,3 +381,37 @@ def test_create_batch_files_then_run_one_image_set(tmp_path):
     assert [r["ImageNumber"] for r in rows] == ["2"]
     assert int(float(rows[0]["Count_Nuclei"])) > 0
     assert float(rows[0]["Nucleaizer_Diameter_Nuclei"]) == 20.0
+
+
+def test_unusable_model_stops_a_headless_run_before_any_image(tmp_path):
+    """CellProfiler does not validate a pipeline before a headless run: the modules check
+    their model in prepare_run, so a broken model.json is one line in the log naming the
+    file, no traceback, no image segmented, exit status 1."""
+    from nucleaizer_backend.models.io import DEFAULT_MODEL_DIR
+
+    model = tmp_path / "broken_model"
+    shutil.copytree(DEFAULT_MODEL_DIR, model)
+    (model / "model.json").write_text("[1, 2, 3]\n")
+    text = (PIPELINES / "segment_and_measure.cppipe").read_text()
+    text = text.replace("    Model:Default (shipped)\n    Model location:Elsewhere...|\n",
+                        "    Model:Custom\n    Model location:Elsewhere...|%s\n" % tmp_path, 1)
+    text = text.replace("    Model folder or file name:\n",
+                        "    Model folder or file name:broken_model\n", 1)
+    assert "broken_model" in text
+    pipeline = tmp_path / "broken.cppipe"
+    pipeline.write_text(text)
+    out = tmp_path / "out"
+    proc = run_cellprofiler(pipeline, out, image_subset_dir(tmp_path), returncodes=(1,))
+    log = proc.stdout + proc.stderr
+    lines = [line for line in log.splitlines() if "SegmentNucleiStyleAdapted: Cannot use" in line]
+    assert len(lines) == 1 and "model.json" in lines[0] and "JSON object" in lines[0], log[-3000:]
+    # (CellProfiler logs its own traceback at start-up when MySQLdb is missing: not ours)
+    assert "Traceback" not in log.split("No module named 'MySQLdb'")[-1], log[-3000:]
+    assert not (out / "Nuclei.csv").exists() and not list(out.glob("labels/*"))
+
+
+def image_subset_dir(tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    shutil.copy(IMAGES / "fluo_0e5edb072788.png", folder)
+    return folder
