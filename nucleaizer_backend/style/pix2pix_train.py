@@ -210,7 +210,8 @@ def train_style_model(pairs, out_dir, cfg=None, resume=False, progress=None):
     opt_d = torch.optim.Adam(disc.parameters(), lr=lr0, betas=tuple(p2p.betas))
     step = 0
     if resuming:
-        state = run.load_checkpoint(device, rng)
+        state = run.load_checkpoint(device, rng, ("generator", "discriminator", "opt_g",
+                                                  "opt_d", "step"))
         gen.load_state_dict(state["generator"])
         disc.load_state_dict(state["discriminator"])
         opt_g.load_state_dict(state["opt_g"])

@@ -90,16 +90,20 @@ class RunFolder:
         torch.save(state, tmp)
         tmp.replace(self.checkpoint)
 
-    def load_checkpoint(self, device, rng):
+    def load_checkpoint(self, device, rng, entries=("model", "optimizer", "step", "best")):
         """The saved state (loaded with ``weights_only=True``: no code runs); restores the
         numpy ``rng``'s and torch's random states. CheckpointError (one line naming the
-        file) when it is truncated, corrupt, holds Python objects or lacks an entry."""
+        file) when it is truncated, corrupt, holds Python objects or lacks one of the
+        ``entries`` the training loop saved (default: the networks' loop's)."""
         try:
             state = torch.load(self.checkpoint, map_location=device, weights_only=True)
         except Exception as e:  # torch's own text suggests unsafe loading: not shown
             raise self.unusable(checkpoint_problem(e)) from None
         try:
-            _ = state["model"], state["optimizer"], int(state["step"]), float(state["best"])
+            missing = [k for k in entries if k not in state]
+            if missing:
+                raise KeyError(missing)
+            int(state["step"])
             numpy_rng = json.loads(state["numpy_rng"])
             torch_rng = state["torch_rng"]
         except Exception:
