@@ -81,8 +81,9 @@ def cmd_segment(args):
 
 def check_segment_options(args):
     """The options of ``segment`` that can be wrong, checked before any image is read:
-    the model (and its model.json), the confidence and the p-value overrides (each in its
-    range). ModelFileError / OptionError: one line, exit status 2."""
+    the model (and its model.json), the diameter, the diameter range, the confidence and
+    the p-value overrides (each in its range). ModelFileError / OptionError: one line, exit
+    status 2."""
     from .labels import check_diameter_range
     from .models.io import check_model_path
     from .refine import check_param
@@ -94,6 +95,9 @@ def check_segment_options(args):
         check_param(name, value, f"--{name}")
     if args.diameter_range is not None:
         check_diameter_range(args.diameter_range, "--diameter-range")
+    if args.diameter is not None and not 0 < args.diameter < float("inf"):
+        raise OptionError(f"--diameter must be a nucleus diameter in px > 0 (got "
+                          f"{args.diameter:g})")
 
 
 def segment_one(path, out, stem, args):

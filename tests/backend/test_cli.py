@@ -122,8 +122,9 @@ def test_segment_negative_diameter(example_images_dir, tmp_path, capsys):
     rc = cli.main(["segment", str(img), "-o", str(tmp_path / "o"), "--diameter", "-3",
                    "--device", "cpu"])
     lines = error_lines(capsys.readouterr().err)
-    assert rc != 0 and len(lines) == 1
-    assert "diameter" in lines[0] and "fluo_0e5edb072788.png" in lines[0]
+    # an option error, before any image is read (exit status 2, no output folder)
+    assert rc == 2 and len(lines) == 1 and "--diameter" in lines[0] and "-3" in lines[0]
+    assert not (tmp_path / "o").exists()
 
 
 def test_threads_option(example_images_dir, tmp_path, capsys):
