@@ -159,7 +159,11 @@ Name of the objects, for use by downstream modules."""
 
 USE_GPU_DOC = """\
 Select *Yes* to run the network on an NVIDIA GPU (CUDA) when PyTorch can see one, else the
-CPU; *No* always uses the CPU."""
+CPU; *No* always uses the CPU.
+
+With *Yes*, the *Test GPU* button below checks whether a GPU can be used here: it segments a
+small test image on the GPU and reports the time, or says why not (a CPU-only PyTorch, no
+CUDA device, or an error)."""
 
 GPU_MEMORY_SHARE_DOC = """\
 *(Used only when a GPU is used)*

@@ -290,7 +290,11 @@ view (area, shape, intensity) are not those of the whole nucleus."""
 USE_GPU_DOC = """\
 Select *Yes* to run the network on an NVIDIA GPU (CUDA) when PyTorch can see one; the
 module falls back to the CPU when there is none, so pipelines stay portable. Select *No*
-to always use the CPU."""
+to always use the CPU.
+
+With *Yes*, the *Test GPU* button below checks whether a GPU can be used here: it segments a
+small test image on the GPU and reports the time, or says why not (a CPU-only PyTorch, no
+CUDA device, or an error)."""
 
 GPU_MEMORY_SHARE_DOC = """\
 *(Used only when a GPU is used)*

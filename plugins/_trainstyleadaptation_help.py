@@ -240,7 +240,11 @@ PRESET_DOC = """\
 
 USE_GPU_DOC = """\
 Select *Yes* to run the adaptation (automatic nucleus masks, style models, fine-tuning) on
-an NVIDIA GPU (CUDA) when PyTorch can see one, else the CPU; *No* always uses the CPU."""
+an NVIDIA GPU (CUDA) when PyTorch can see one, else the CPU; *No* always uses the CPU.
+
+With *Yes*, the *Test GPU* button below checks whether a GPU can be used here: it segments a
+small test image on the GPU and reports the time, or says why not (a CPU-only PyTorch, no
+CUDA device, or an error)."""
 
 ADVANCED_DOC = """\
 Select *Yes* to change the number of synthetic images, the share of synthetic images in
