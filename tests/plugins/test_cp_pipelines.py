@@ -250,19 +250,18 @@ def test_size_qc_pools_each_group(size_qc):
     assert float(he["NucleusSize_MedianDiameter"]) == pytest.approx(float(he["NucleusSize_ImageMedianDiameter"]))
 
 
-# --------------------------------------------------------------------------- degenerate images
+# --------------------------------------------------------------------------- pipelines built here
 
-
-DEGENERATE_SCRIPT = r"""
+# A pipeline is built with example_pipelines/build_pipelines.py in a CellProfiler process of
+# its own: the input modules, then ``modules`` (Python appending to ``mods``), saved to PATH.
+BUILD_HEAD = r"""
 import sys
 sys.path.insert(0, {pipelines!r})
 import build_pipelines as b
 b.setup()
 mods = b.input_modules()
-mods[2].single_load_as_choice.value = "Grayscale image"
-mods.append(b.module("SegmentNucleiStyleAdapted", x_name="Original", y_name="Nuclei",
-                     size_choice="Manual", manual_diameter=18.0, use_gpu=False))
-mods.append(b.export("Nuclei"))
+"""
+BUILD_TAIL = r"""
 from cellprofiler_core.pipeline import Pipeline
 p = Pipeline()
 for i, m in enumerate(mods, start=1):
@@ -273,6 +272,28 @@ with open({path!r}, "w") as f:
 """
 
 
+def build_pipeline(path, modules, **fields):
+    """Write the .cppipe ``path``: the input modules of build_pipelines.py, then the modules
+    the Python code ``modules`` appends to ``mods`` (a template filled with ``fields``)."""
+    script = (BUILD_HEAD.format(pipelines=str(PIPELINES)) + modules.format(**fields)
+              + BUILD_TAIL.format(path=str(path)))
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env=_env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return path
+
+
+# --------------------------------------------------------------------------- degenerate images
+
+
+DEGENERATE_MODULES = r"""
+mods[2].single_load_as_choice.value = "Grayscale image"
+mods.append(b.module("SegmentNucleiStyleAdapted", x_name="Original", y_name="Nuclei",
+                     size_choice="Manual", manual_diameter=18.0, use_gpu=False))
+mods.append(b.export("Nuclei"))
+"""
+
+
 def test_degenerate_images_do_not_stop_a_headless_run(tmp_path):
     """A 1x1, a constant and an all-NaN image between real ones: the run goes on to the
     end and writes its CSVs, the degenerate images with no nuclei, the DegenerateImage flag
@@ -280,11 +301,7 @@ def test_degenerate_images_do_not_stop_a_headless_run(tmp_path):
     import imageio.v3 as iio
     import tifffile
 
-    pipeline = tmp_path / "degenerate.cppipe"
-    script = DEGENERATE_SCRIPT.format(pipelines=str(PIPELINES), path=str(pipeline))
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          env=_env(), timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    pipeline = build_pipeline(tmp_path / "degenerate.cppipe", DEGENERATE_MODULES)
     images = tmp_path / "images"
     images.mkdir()
     shutil.copy(IMAGES / "fluo_0e5edb072788.png", images / "fluo_a.png")
@@ -310,12 +327,7 @@ def test_degenerate_images_do_not_stop_a_headless_run(tmp_path):
 # --------------------------------------------------------------------------- cluster use
 
 
-BATCH_SCRIPT = r"""
-import sys
-sys.path.insert(0, {pipelines!r})
-import build_pipelines as b
-b.setup()
-mods = b.input_modules()
+BATCH_MODULES = r"""
 mods.append(b.module("SegmentNucleiStyleAdapted", x_name="Original", y_name="Nuclei",
                      model_choice="Custom", model_directory="Elsewhere...|" + {local!r},
                      model_name="default", size_choice="Manual", manual_diameter=20.0))
@@ -324,13 +336,6 @@ batch = b.module("CreateBatchFiles", wants_default_output_directory=True)
 batch.mappings[0].local_directory.value = {local_root!r}
 batch.mappings[0].remote_directory.value = {remote_root!r}
 mods.append(batch)
-from cellprofiler_core.pipeline import Pipeline
-p = Pipeline()
-for i, m in enumerate(mods, start=1):
-    m.set_module_num(i)
-    p.add_module(m)
-with open({path!r}, "w") as f:
-    p.dump(f)
 """
 
 
@@ -343,16 +348,9 @@ def test_create_batch_files_then_run_one_image_set(tmp_path):
     local_root, remote_root = tmp_path / "local", tmp_path / "cluster"
     shutil.copytree(DEFAULT_MODEL_DIR, local_root / "models" / "default")
     remote_root.symlink_to(local_root, target_is_directory=True)  # the cluster's mount point
-    pipeline = tmp_path / "batch.cppipe"
-    script = BATCH_SCRIPT.format(
-        pipelines=str(PIPELINES),
-        local=str(local_root / "models"),
-        local_root=str(local_root),
-        remote_root=str(remote_root),
-        path=str(pipeline),
-    )
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=_env(), timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    pipeline = build_pipeline(tmp_path / "batch.cppipe", BATCH_MODULES,
+                              local=str(local_root / "models"), local_root=str(local_root),
+                              remote_root=str(remote_root))
 
     images = tmp_path / "images"
     images.mkdir()
@@ -383,7 +381,7 @@ def test_create_batch_files_then_run_one_image_set(tmp_path):
     assert float(rows[0]["Nucleaizer_Diameter_Nuclei"]) == 20.0
 
 
-def test_unusable_model_stops_a_headless_run_before_any_image(tmp_path):
+def test_unusable_model_stops_a_headless_run_before_any_image(tmp_path, tmp_path_factory):
     """CellProfiler does not validate a pipeline before a headless run: the modules check
     their model in prepare_run, so a broken model.json is one line in the log naming the
     file, no traceback, no image segmented, exit status 1."""
@@ -401,7 +399,8 @@ def test_unusable_model_stops_a_headless_run_before_any_image(tmp_path):
     pipeline = tmp_path / "broken.cppipe"
     pipeline.write_text(text)
     out = tmp_path / "out"
-    proc = run_cellprofiler(pipeline, out, image_subset_dir(tmp_path), returncodes=(1,))
+    images = image_subset(tmp_path_factory, ["fluo_0e5edb072788"])
+    proc = run_cellprofiler(pipeline, out, images, returncodes=(1,))
     log = proc.stdout + proc.stderr
     lines = [line for line in log.splitlines() if "SegmentNucleiStyleAdapted: Cannot use" in line]
     assert len(lines) == 1 and "model.json" in lines[0] and "JSON object" in lines[0], log[-3000:]
@@ -409,9 +408,3 @@ def test_unusable_model_stops_a_headless_run_before_any_image(tmp_path):
     assert "Traceback" not in log.split("No module named 'MySQLdb'")[-1], log[-3000:]
     assert not (out / "Nuclei.csv").exists() and not list(out.glob("labels/*"))
 
-
-def image_subset_dir(tmp_path):
-    folder = tmp_path / "images"
-    folder.mkdir()
-    shutil.copy(IMAGES / "fluo_0e5edb072788.png", folder)
-    return folder
