@@ -316,6 +316,88 @@ def _workers(res):
     return out
 
 
+def _working_size(res):
+    if not res:
+        return []
+    sizes = res["sizes"]
+    out = ["## Working nucleus size (images with small nuclei)", "", _meta_line(res), "",
+           f"Images whose annotated median nucleus diameter is under {res['small_px']:g} px "
+           f"({res['summary']['val']['images']} val, {res['summary']['train']['images']} train "
+           f"drawn with seed 0), each segmented at every working size with the same automatic "
+           f"size estimate: nuclei are enlarged to the working size instead of 40 px. Mean DSB "
+           f"and median seconds per image (size estimate not included):", "",
+           "| images | " + " | ".join(f"{s} px" for s in sizes) + " |",
+           "|---|" + "---|" * len(sizes)]
+    for group in ("all", "val", "train"):
+        g = res["summary"][group]
+        out.append(f"| {group} ({g['images']}), DSB | " + " | ".join(
+            f"{g[str(s)]['dsb']:.3f}" for s in sizes) + " |")
+        out.append(f"| {group}, s/image | " + " | ".join(
+            f"{g[str(s)]['median_s']:.2f}" for s in sizes) + " |")
+    out += ["", f"The *fast* speed enlarges small nuclei to **{res['fast_diameter']} px**: the "
+            f"smallest size whose DSB loss against 40 px is at most {res['max_fast_loss']} (loss "
+            f"{res['fast_loss']:.3f}). Default speed: **{res['default_speed']}** (fast becomes "
+            f"the default when its loss is at most {res['max_default_loss']}). "
+            f"`scripts/package_default_model.py --speed-from bench/results/working_size.json` "
+            f"writes this choice into the shipped model.json.", ""]
+    return out
+
+
+def _screen_speed(bins, module, plate):
+    out = []
+    if bins:
+        b = bins["bins"]
+        out += ["## Screening speed: accurate and fast", "", _meta_line(bins), "",
+                f"Every val image with automatic size at each speed (fast: small nuclei enlarged "
+                f"to {bins['fast_diameter']:g} px instead of 40 px; default speed of the model: "
+                f"{bins['default_speed']}), and CellProfiler's IdentifyPrimaryObjects on the same "
+                f"images in the same run. Median seconds per image (size estimate included) and "
+                f"mean DSB, by the annotated median nucleus diameter:", "",
+                "| nuclei | images | accurate s | fast s | accurate DSB | fast DSB | "
+                "IdentifyPrimaryObjects s |", "|---|---|---|---|---|---|---|"]
+        for name, g in b.items():
+            out.append(f"| {name} | {g['images']} | {g['accurate']['median_s']:.2f} | "
+                       f"{g['fast']['median_s']:.2f} | {g['accurate']['dsb']:.3f} | "
+                       f"{g['fast']['dsb']:.3f} | {g['identifyprimaryobjects_median_s']:.2f} |")
+        p = bins["pair"]
+        m = p["median_s"]
+        out += ["", f"Small against large nuclei, timed alternately ({PAIR_ROUNDS_TEXT}): "
+                f"{p['small_image']} and {p['large_image']}.", "",
+                "| | 512x512, ~10 px nuclei (s) | 520x696, ~49 px nuclei (s) | ratio | DSB of "
+                "the 512x512 crop |", "|---|---|---|---|---|"]
+        for s in ("accurate", "fast"):
+            out.append(f"| {s} | {m[f'small_{s}']:.2f} | {m[f'large_{s}']:.2f} | "
+                       f"{p['ratio'][s]:.1f}x | {p['small_dsb'][s]:.3f} |")
+        out.append(f"| IdentifyPrimaryObjects | {m['small_ipo']:.2f} | {m['large_ipo']:.2f} | "
+                   f"{m['small_ipo'] / m['large_ipo']:.1f}x | |")
+        out.append("")
+    if module:
+        out += ["## SegmentNucleiStyleAdapted in CellProfiler against the backend", "",
+                _meta_line(module), "",
+                f"The first {module['images'] + 1} val images (index order) through "
+                f"`example_pipelines/segment_and_measure.cppipe` headless "
+                f"(OMP_NUM_THREADS={module['threads']}) and through `nucleaizer segment "
+                f"--threads {module['threads']}`; the first image, which loads the model, is "
+                f"left out. The module's time is the wall time CellProfiler logs for it (`-L "
+                f"INFO`: \"Wall_time\"); its `ExecutionTime_` measurement is CPU seconds summed "
+                f"over threads (median here {module['module_median_cpu_s']:.2f} s). The backend's "
+                f"is the `seconds` column of summary.csv (segment_image).", "",
+                f"Median per image: module **{module['module_median_wall_s']:.2f} s** wall, "
+                f"backend **{module['backend_median_s']:.2f} s**; total module / backend over the "
+                f"{module['images']} images: **{module['ratio_total']:.3f}**.", ""]
+    if plate:
+        out += ["## Plate-like batch", "", _meta_line(plate, loads_cpu_itself=True), "",
+                f"The first {plate['images']} DSB images in index order (sizes "
+                f"{', '.join(plate['sizes'])}), split between {plate['workers']} `nucleaizer "
+                f"segment` processes of {plate['threads']} thread each, default settings "
+                f"(automatic size, the model's default speed), model loading included: "
+                f"**{plate['images_per_s']:.2f} images/s** ({plate['wall_s']:.0f} s).", ""]
+    return out
+
+
+PAIR_ROUNDS_TEXT = "median of 3 rounds"
+
+
 def _train_speed(speed, learning):
     from bench.train_throughput import render
 
@@ -403,6 +485,9 @@ def render(results, references, current_weights=None):
                        f"{r['segment_s']:.2f} | {r['identifyprimaryobjects_s']:.2f} |")
         out.append("")
     out += _workers(results.get("workers"))
+    out += _working_size(results.get("working_size"))
+    out += _screen_speed(results.get("speed_bins"), results.get("module_speed"),
+                         results.get("plate"))
     out += _train_speed(results.get("train_speed"), results.get("train_learning"))
     mem = results.get("memory")
     if mem:

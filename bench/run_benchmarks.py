@@ -30,6 +30,11 @@ rebuilt from all stored results, so sections can be re-measured one at a time. N
   extra, missed nuclei, contours: bench/error_budget.py).
 - train_speed, train_learning: crops per second of training the main network before and
   after the training speed-ups, and their loss curves (bench/train_throughput.py).
+- working_size: DSB and seconds per image at working nucleus sizes 20-40 px on the images
+  with small nuclei; chooses the fast speed's fast_diameter (bench/working_size.py).
+- speed_bins, module_speed, plate: screening speed: seconds and DSB per nucleus-size bin at
+  each speed, SegmentNucleiStyleAdapted in CellProfiler against the backend, a 200-image
+  batch through 2 processes (bench/screen_speed.py).
 - figures: docs/example_overlay.png, docs/f1_curve.png and docs/refinement_f1.png
   (bench/figures.py).
 """
@@ -48,6 +53,9 @@ from bench.common import (DATA, RESULTS, dsb_by_style, identify_primary_objects,
                           index_rows, load_pair, machine, score_rows, segmenter)
 from bench.speed import (section_adapt_speed, section_memory, section_speed,  # noqa: E402
                          section_workers)
+from bench.screen_speed import (section_module_speed, section_plate,  # noqa: E402
+                                section_speed_bins)
+from bench.working_size import section_working_size  # noqa: E402
 
 REFERENCES = {  # given in the issue, measured by the team on the same 67 val images
     "CellProfiler IdentifyPrimaryObjects (reference run)": 0.211,
@@ -240,7 +248,9 @@ SECTIONS = {"accuracy": section_accuracy, "size": section_size, "speed": section
             "memory": section_memory, "tuning": section_tuning, "ablation": section_ablation,
             "workers": section_workers, "adapt_speed": section_adapt_speed,
             "errors": section_errors, "figures": section_figures,
-            "train_speed": section_train_speed, "train_learning": section_train_learning}
+            "train_speed": section_train_speed, "train_learning": section_train_learning,
+            "working_size": section_working_size, "speed_bins": section_speed_bins,
+            "module_speed": section_module_speed, "plate": section_plate}
 
 
 def load_results():

@@ -55,7 +55,8 @@ def _log_progress_to_stderr():
 
 SUMMARY_FIELDS = ("image", "nuclei", "diameter_px", "scale", "size_reliable", "seconds",
                   "error", "labels", "note", "discarded_size", "discarded_border",
-                  "seconds_size", "seconds_detect", "seconds_unet", "seconds_postprocess")
+                  "seconds_size", "seconds_detect", "seconds_unet", "seconds_postprocess",
+                  "speed")
 
 
 def cmd_segment(args):
@@ -115,7 +116,8 @@ def segment_one(path, out, stem, args):
                           device=args.device, confidence=args.confidence,
                           refine=_refine_level(args), tta=args.tta,
                           postprocess=_postprocess_overrides(args),
-                          discard_border=args.discard_border, diameter_range=args.diameter_range)
+                          discard_border=args.discard_border, diameter_range=args.diameter_range,
+                          speed=args.speed)
         write_labels(out / f"{stem}.tif", r.labels)
         if args.overlays:
             _write_overlay(out / "overlays" / f"{stem}.png", image, r.labels)
@@ -134,6 +136,7 @@ def _result_row(row, r, stem):
     diameter in px, scale (working / original), seconds of wall time."""
     notes = [row["note"]] + ([f"degenerate image ({r.degenerate})"] if r.degenerate else [])
     return dict(row, nuclei=r.count, diameter_px=round(r.diameter, 2), scale=round(r.scale, 4),
+                speed=r.speed,
                 size_reliable="" if r.size_estimate is None else r.size_estimate.reliable,
                 seconds=round(r.seconds, 3), labels=f"{stem}.tif",
                 note="; ".join(n for n in notes if n), discarded_size=r.discarded["size"],
@@ -218,6 +221,20 @@ def cmd_estimate_size(args):
     return EXIT_SOME_FAILED if failed else 0
 
 
+def _working_range(args):
+    """train's --working-range as [min px, max px] (None when not given); OptionError unless
+    0 < MIN < MAX and the network is a main one."""
+    if args.working_range is None:
+        return None
+    low, high = args.working_range
+    if args.kind != "main":
+        raise OptionError(f"--working-range is for --kind main (got --kind {args.kind})")
+    if not 0 < low < high < float("inf"):
+        raise OptionError(f"--working-range must be MIN MAX px with 0 < MIN < MAX (got "
+                          f"{low:g} {high:g})")
+    return [low, high]
+
+
 def cmd_train(args):
     from .train.loop import TrainConfig, train
 
@@ -230,7 +247,7 @@ def cmd_train(args):
                       styles=args.styles.split(",") if args.styles else None,
                       synthetic=args.synthetic, synthetic_share=args.synthetic_share,
                       workers=args.workers, max_minutes=args.max_minutes,
-                      precision=args.precision)
+                      precision=args.precision, working_range=_working_range(args))
     bar = ProgressCallback("train", bar=None)
 
     try:

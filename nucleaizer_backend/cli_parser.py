@@ -38,6 +38,10 @@ def build_parser():
     s.add_argument("--diameter-range", type=float, nargs=2, metavar=("MIN", "MAX"),
                    help="discard nuclei whose equivalent diameter is outside MIN-MAX px (as "
                    "IdentifyPrimaryObjects)")
+    s.add_argument("--speed", choices=["accurate", "fast"],
+                   help="accurate: nuclei enlarged to the model's working size (40 px for the "
+                   "shipped model); fast: small nuclei enlarged less, several times faster on "
+                   "them (BENCHMARKS.md). Default: the model's")
     s.add_argument("--tta", action="store_true",
                    help="test-time augmentation (6 versions: flips and rotations; about 2.7x slower, "
                    "BENCHMARKS.md)")
@@ -81,6 +85,9 @@ def build_parser():
     t.add_argument("--max-minutes", type=float,
                    help="stop after this much wall time, checkpointed (continue with --resume)")
     t.add_argument("--init", help="network file to start from")
+    t.add_argument("--working-range", type=float, nargs=2, metavar=("MIN", "MAX"),
+                   help="main: train on nuclei of MIN-MAX px (log-uniform) instead of 40 px "
+                   "(+-30%%), for a network that also works at the fast speed's sizes")
     t.add_argument("--min-colour-share", type=float, default=0.3,
                    help="least share of samples for colour (stained) and for gray images")
     t.add_argument("--stain-jitter", type=float, default=0.0,

@@ -18,12 +18,15 @@ MAX_WORKING_PIXELS = 64e6  # bigger working images are scaled down (clamped) to 
 DEFAULT_OVERLAP = 128  # px of tile overlap; >= 2 nucleus diameters at the 40 px working size
 
 
-def choose_scale(diameter, working_diameter, shape):
-    """Scale that brings nuclei of ``diameter`` px to ``working_diameter`` px, clamped to
-    SCALE_RANGE and to MAX_WORKING_PIXELS for an image of ``shape`` (H, W, ...).
+def choose_scale(diameter, working, shape):
+    """Scale that brings nuclei of ``diameter`` px to the working size ``working``: a
+    diameter in px, or a (min px, max px) range within which nuclei are not rescaled
+    (smaller ones are enlarged to min, larger ones shrunk to max). Clamped to SCALE_RANGE
+    and to MAX_WORKING_PIXELS for an image of ``shape`` (H, W, ...).
 
     Returns (scale, clamped)."""
-    wanted = working_diameter / diameter
+    low, high = (working, working) if np.isscalar(working) else working
+    wanted = float(np.clip(diameter, low, high)) / diameter
     scale = float(np.clip(wanted, *SCALE_RANGE))
     limit = np.sqrt(MAX_WORKING_PIXELS / float(shape[0] * shape[1]))
     scale = min(scale, limit)

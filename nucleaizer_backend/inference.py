@@ -18,7 +18,7 @@ from .detect import DEFAULT_TILE, detect
 from .errors import InputImageError, ModelFileError, NucleaizerError, OptionError
 from .foreground import foreground_probability
 from .geometry import choose_scale
-from .models.io import model_info_file
+from .models.io import SPEEDS, model_info_file
 from .preprocess import normalize_image, to_hwc
 from .refine import PostprocessParams, keep_confident, refine as refine_labels, restrict_to_mask
 from .size import SIZE_CONFIDENCE, SizeEstimate, find_nuclei
@@ -37,7 +37,9 @@ class NetworkOutputs:
     scores: (N,) detection score of label i + 1 at index i, all >= ``confidence`` (0-1).
     diameter: nucleus diameter (px, original image) the image was rescaled for; scale:
     working / original size factor used; scale_clamped: True when the diameter asked for a
-    scale outside the allowed range; size_estimate: the automatic estimate (None when a
+    scale outside the allowed range; reference_scale: the scale that brings the nuclei to
+    the model's working diameter, in which the post-processing parameters' px are given
+    (= scale, except where the *fast* speed enlarged nuclei less); size_estimate: the automatic estimate (None when a
     diameter was given). unet_probability: (H, W) float32 U-Net foreground probability, or
     None (not asked for, or a model without U-Net); mask_probability: (H, W) float32 max
     Mask R-CNN mask probability over the detections, or None (not asked for).
@@ -46,6 +48,7 @@ class NetworkOutputs:
     degenerate_reason), "" for an ordinary image.
     seconds: wall time (s) of each stage run: "normalise", "size" (preseg estimate, only
     when no diameter was given), "detect" (Mask R-CNN, TTA included), "unet".
+    speed: the speed the working scale was chosen for ("accurate" or "fast").
     """
 
     labels: np.ndarray
@@ -54,12 +57,14 @@ class NetworkOutputs:
     diameter: float
     scale: float
     scale_clamped: bool
+    reference_scale: float = None
     size_estimate: SizeEstimate = None
     unet_probability: np.ndarray = None
     mask_probability: np.ndarray = None
     tta: bool = False
     degenerate: str = ""
     seconds: dict = field(default_factory=dict)
+    speed: str = "accurate"
 
     @property
     def shape(self):
@@ -110,8 +115,25 @@ def preseg_size(model, norm, confidence=SIZE_CONFIDENCE, keep_labels=False):
     return estimate
 
 
+def working_range(model, speed="accurate"):
+    """(min px, max px) nucleus diameter at the working scale for ``speed`` (SPEEDS;
+    None = the model's default): nuclei within it are not rescaled. accurate: both are the
+    working diameter (40 px for the shipped model); fast: small nuclei are enlarged only to
+    the model's fast_diameter."""
+    speed = check_speed(model.default_speed if speed is None else speed)
+    low = model.fast_diameter if speed == "fast" else model.working_diameter
+    return min(low, model.working_diameter), model.working_diameter
+
+
+def check_speed(speed):
+    """``speed`` when it is one of SPEEDS, else OptionError (one line)."""
+    if speed not in SPEEDS:
+        raise OptionError(f"speed must be one of {', '.join(SPEEDS)} (got {speed!r})")
+    return speed
+
+
 def infer(model, image, diameter=None, confidence=0.5, unet=True, mask_probability=False,
-          tta=False, tile_size=DEFAULT_TILE):
+          tta=False, tile_size=DEFAULT_TILE, speed=None):
     """Run ``model``'s networks on a 2D image; returns NetworkOutputs.
 
     model: a loaded model (Model or models.io.ModelBundle; it runs on its ``device``).
@@ -120,7 +142,10 @@ def infer(model, image, diameter=None, confidence=0.5, unet=True, mask_probabili
     (0-1) of the labels kept. unet: also run the U-Net (when the model has one).
     mask_probability: also return the masks' probability. tta: test-time augmentation (6
     Mask R-CNN passes: the whole segmentation about 2.7x slower, BENCHMARKS.md). tile_size: Mask R-CNN tile, px at the working scale.
+    speed: "accurate", "fast" or None (the model's default): see working_range.
     """
+    speed = check_speed(model.default_speed if speed is None else speed)
+    working = working_range(model, speed)
     clock = StageClock()
     norm = normalize_image(image)
     clock.done("normalise")
@@ -132,11 +157,12 @@ def infer(model, image, diameter=None, confidence=0.5, unet=True, mask_probabili
         clock.done("size")
     if not diameter > 0:
         raise InputImageError(f"nucleus diameter must be positive (got {diameter})")
-    scale, clamped = choose_scale(float(diameter), model.working_diameter, shape)
+    scale, clamped = choose_scale(float(diameter), working, shape)
+    reference = choose_scale(float(diameter), model.working_diameter, shape)[0]
     unet = unet and model.unet is not None
     out = NetworkOutputs(np.zeros(shape, np.uint16), np.zeros(0, np.float32), confidence,
-                         float(diameter), scale, clamped, estimate, tta=bool(tta),
-                         seconds=clock.seconds)
+                         float(diameter), scale, clamped, reference, estimate, tta=bool(tta),
+                         seconds=clock.seconds, speed=speed)
     if nothing_to_find(norm):
         out.degenerate = degenerate_reason(image, norm)
         out.unet_probability = np.zeros(shape, np.float32) if unet else None
@@ -229,7 +255,8 @@ def postprocess(outputs, params, refine="full", mask=None):
         labels, scores = keep_confident(labels, scores, params.confidence)
     if refine != "none":
         prob = outputs.unet_probability if refine == "full" else None
-        labels, scores = refine_labels(labels, scores, outputs.scale, params, prob)
+        scale = outputs.scale if outputs.reference_scale is None else outputs.reference_scale
+        labels, scores = refine_labels(labels, scores, scale, params, prob)
     if mask is not None:
         labels, scores = restrict_to_mask(labels, scores, np.asarray(mask, bool))
     return labels, scores

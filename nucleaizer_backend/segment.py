@@ -44,6 +44,7 @@ class SegmentationResult:
     stage_seconds: wall time (s) of each stage: "normalise", "size" (only when the diameter
     was estimated), "detect", "unet", "postprocess" (rules, U-Net contours, filters); the
     rest of ``seconds`` is model loading and bookkeeping.
+    speed: the speed used ("accurate" or "fast"; see segment_image).
     """
 
     labels: np.ndarray
@@ -60,6 +61,7 @@ class SegmentationResult:
     degenerate: str = ""
     discarded: dict = field(default_factory=lambda: {"size": 0, "border": 0})
     stage_seconds: dict = field(default_factory=dict)
+    speed: str = "accurate"
 
     @property
     def count(self):
@@ -122,7 +124,7 @@ def estimate_size(image, model=None, device="auto", confidence=SIZE_CONFIDENCE,
 def segment_image(image, model=None, diameter=None, device="auto", confidence=None,
                   mask=None, tile_size=DEFAULT_TILE, return_probability=False, refine="full",
                   use_unet=None, tta=False, postprocess=None, discard_border=False,
-                  diameter_range=None):
+                  diameter_range=None, speed=None):
     """Segment the nuclei of a 2D image; returns a SegmentationResult.
 
     image: (H, W), (H, W, C) or (C, H, W) array, any dtype. model: a Model, or a model folder
@@ -139,6 +141,9 @@ def segment_image(image, model=None, diameter=None, device="auto", confidence=No
     discard_border: drop the nuclei touching the image edge; diameter_range: (min px, max
     px) of the equivalent diameter of the nuclei kept (IdentifyPrimaryObjects' filters,
     labels.discard_objects; the counts dropped are in ``result.discarded``).
+    speed: "accurate" (every image's nuclei brought to the model's working diameter, 40 px
+    for the shipped model), "fast" (small nuclei enlarged only to the model's fast_diameter:
+    less time on images of small nuclei, BENCHMARKS.md) or None: the model's default.
     """
     t0 = time.perf_counter()
     level = refine_level(refine, use_unet)
@@ -147,7 +152,7 @@ def segment_image(image, model=None, diameter=None, device="auto", confidence=No
     outputs = infer(model, image, diameter, params.confidence,
                     unet=level == "full" or return_probability,
                     mask_probability=return_probability and model.unet is None,
-                    tta=tta, tile_size=tile_size)
+                    tta=tta, tile_size=tile_size, speed=speed)
     t_post = time.perf_counter()
     labels, scores = postprocess_outputs(outputs, params, level, mask)
     labels, scores, discarded = discard_objects(labels, scores, discard_border, diameter_range)
@@ -158,7 +163,7 @@ def segment_image(image, model=None, diameter=None, device="auto", confidence=No
                               outputs.scale_clamped, outputs.size_estimate,
                               outputs.probability if return_probability else None,
                               time.perf_counter() - t0, params, level != "none", bool(tta),
-                              outputs.degenerate, discarded, stage_seconds)
+                              outputs.degenerate, discarded, stage_seconds, outputs.speed)
 
 
 def segment(image, model=None, diameter=None, device="auto", confidence=None, **kwargs):

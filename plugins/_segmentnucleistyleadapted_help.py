@@ -61,7 +61,7 @@ the network's per-pixel nucleus probability.
 The display window shows the input image, the nuclei as a label image, the input with the
 nuclei's outlines, and a table: the number of nuclei, their median diameter, the nucleus
 diameter used (marked *automatic* when it was estimated, and *unreliable* when the estimate
-found too few nuclei), the rescaling factor (marked *clamped* when it was), the nuclei's
+found too few nuclei), the rescaling factor (marked *clamped* when it was) and the speed, the nuclei's
 median confidence and the time taken; and, when they apply, that the image was degenerate
 and how many nuclei the diameter-range and border filters discarded.
 
@@ -75,7 +75,8 @@ Measurements made by this module
 -  *Nucleaizer_Diameter:* The nucleus diameter (pixels) the image was rescaled for: the
    manual value, the measurement's value, or the automatic estimate.
 -  *Nucleaizer_Scale:* The rescaling factor actually applied (working size / original size:
-   40 / diameter unless clamped).
+   40 / diameter at the *{SPEED_ACCURATE}* speed unless clamped; less for small nuclei at
+   the *{SPEED_FAST}* speed).
 -  *Nucleaizer_ScaleClamped:* 1 when the wanted rescaling was outside the allowed range
    (0.05 to 10) or the working image would have been too large (over 64 million pixels),
    so a smaller or larger factor was used (check the diameter in that case), else 0.
@@ -99,7 +100,7 @@ Technical notes
 ^^^^^^^^^^^^^^^
 
 The image is normalised between robust percentiles, rescaled so that nuclei are about
-40 pixels across, segmented by Mask R-CNN (in overlapping tiles for large images), and the
+40 pixels across (at the *{SPEED_FAST}* speed small nuclei are enlarged less), segmented by Mask R-CNN (in overlapping tiles for large images), and the
 detections are painted most-confident first into a label image of the input's size.
 Post-processing then follows the nucleAIzer paper: objects inside another are absorbed,
 fragments surrounded by a neighbour merged (p1), tiny objects removed (p2), outlines moved
@@ -108,6 +109,15 @@ does not confirm removed (p6). Optional test-time augmentation segments flipped 
 copies and keeps the majority. Trained networks are loaded once per worker process and
 reused (per model file and device). The method step by step, with its numbers, is in the
 project's docs/METHOD.md.
+
+Time: the display's *Time* is the wall time of the segmentation (and of each stage: size
+estimate, Mask R-CNN, U-Net, post-processing). CellProfiler's own *ExecutionTime* measurement
+of the module is CPU time, summed over all the threads PyTorch uses, so with several threads
+it is larger than the wall time; CellProfiler logs both for every module and image
+(``Wall_time`` and ``CPU_time`` at log level INFO, e.g. ``cellprofiler -c -r -L INFO``). The
+project's BENCHMARKS.md compares wall times: in a headless pipeline the module takes the
+backend's time plus a few per cent ("SegmentNucleiStyleAdapted in CellProfiler against the
+backend").
 
 References
 ^^^^^^^^^^
@@ -203,6 +213,25 @@ How the network's nuclei are cleaned up (nucleAIzer's post-processing):
 -  *{REFINE_NONE}:* the network's nuclei as they are (enough when only counting).
 
 See the project's BENCHMARKS.md for what each step is worth."""
+
+SPEED_DOC = """\
+How far images of small nuclei are enlarged before segmentation, which sets most of the
+time they take (the time grows with the number of pixels segmented):
+
+-  *{SPEED_ACCURATE}:* nuclei are brought to the model's working size (40 px across for
+   the shipped model), as the nucleAIzer method does. An image of 10 px nuclei is enlarged
+   4 times (16 times the pixels).
+-  *{SPEED_FAST}:* nuclei smaller than the model's *fast* size (stored with the model:
+   {FAST_DIAMETER} px for the shipped model) are enlarged only to that size, and nuclei between it
+   and the working size are not rescaled at all. Images of large nuclei are segmented as
+   with *{SPEED_ACCURATE}*.
+
+The fast size was chosen by measurement: the smallest working size whose mean DSB score
+on DSB 2018 images of nuclei under 20 px is at most 0.02 below that at 40 px (see the
+project's BENCHMARKS.md, "Working nucleus size" and "Screening speed", for the seconds and
+scores of both speeds by nucleus size). A new module starts at the model's default speed
+(*{DEFAULT_SPEED}* for the shipped model); pipelines saved before this setting existed keep
+*{SPEED_ACCURATE}*, and so their results."""
 
 TTA_DOC = """\
 Select *Yes* to segment each image six times (as it is, flipped, rotated by 90, 180 and

@@ -187,7 +187,8 @@ def summary_statistics(result, labels, count, diameter):
         ],
         [
             "Scale (working / original)",
-            "%.3g%s" % (result.scale, " (clamped)" if result.scale_clamped else ""),
+            "%.3g%s, %s speed" % (result.scale, " (clamped)" if result.scale_clamped else "",
+                                  result.speed),
         ],
         ["Median confidence", "%.2f" % float(numpy.median(scores)) if len(scores) else "-"],
         ["Time", "%.2f s (%s)" % (result.seconds, stage_times(result.stage_seconds))],

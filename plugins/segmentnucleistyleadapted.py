@@ -55,6 +55,11 @@ REFINE_NONE = "None"
 # the backend's refine argument of each choice
 REFINE_LEVELS = {REFINE_FULL: "full", REFINE_RULES: "rules", REFINE_NONE: "none"}
 
+SPEED_ACCURATE = "Accurate"
+SPEED_FAST = "Fast"
+# the backend's speed argument of each choice
+SPEEDS = {SPEED_ACCURATE: "accurate", SPEED_FAST: "fast"}
+
 PARAMS_MODEL = "From the model"
 PARAMS_CUSTOM = "Custom"
 
@@ -75,6 +80,20 @@ def model_values(path=None):
         values = dict(PAPER_PARAMS, confidence=0.5)
     return {k: float(values[k]) for k in PARAM_NAMES}
 
+
+def model_speed(path=None):
+    """(speed choice matching the default speed, fast diameter in px or None) of the model
+    at ``path`` (None = shipped; its model.json, read without loading networks);
+    (*Accurate*, None) when it cannot be read."""
+    try:
+        from nucleaizer_backend.models.io import stored_speed
+
+        speed = stored_speed(path)
+        return {v: k for k, v in SPEEDS.items()}[speed["default"]], speed["fast_diameter"]
+    except Exception:  # no backend, or a model not (yet) readable: validation says why
+        return SPEED_ACCURATE, None
+
+
 # The fields of the help text's templates.
 TEXT = dict(
     SIZE_AUTOMATIC=SIZE_AUTOMATIC,
@@ -85,6 +104,10 @@ TEXT = dict(
     REFINE_NONE=REFINE_NONE,
     PARAMS_MODEL=PARAMS_MODEL,
     PARAMS_CUSTOM=PARAMS_CUSTOM,
+    SPEED_ACCURATE=SPEED_ACCURATE,
+    SPEED_FAST=SPEED_FAST,
+    DEFAULT_SPEED=model_speed()[0],
+    FAST_DIAMETER="%g" % (model_speed()[1] or 40),
     DOI=NUCLEAIZER_DOI,
 )
 
@@ -100,7 +123,7 @@ class SegmentNucleiStyleAdapted(NucleaizerModule, ImageSegmentation):
 
     module_name = "SegmentNucleiStyleAdapted"
 
-    variable_revision_number = 3
+    variable_revision_number = 4
 
     segments_with_model = True  # a model adapted upstream (TrainStyleAdaptation) is for it
 
@@ -145,6 +168,12 @@ class SegmentNucleiStyleAdapted(NucleaizerModule, ImageSegmentation):
             [REFINE_FULL, REFINE_RULES, REFINE_NONE],
             REFINE_FULL,
             doc=_doc(help_text.REFINEMENT_DOC),
+        )
+        self.speed = Choice(
+            "Speed",
+            [SPEED_ACCURATE, SPEED_FAST],
+            model_speed()[0],
+            doc=_doc(help_text.SPEED_DOC),
         )
         self.tta = Binary("Use test-time augmentation?", False, doc=_doc(help_text.TTA_DOC))
         self.params_choice = Choice(
@@ -247,6 +276,8 @@ class SegmentNucleiStyleAdapted(NucleaizerModule, ImageSegmentation):
             self.p1, self.p2, self.p3, self.p4, self.p5, self.p6,
             # revision 3
             self.exclude_size, self.size_range, self.exclude_border_objects,
+            # revision 4
+            self.speed,
         ]  # fmt: skip
 
     def visible_settings(self):
@@ -258,7 +289,7 @@ class SegmentNucleiStyleAdapted(NucleaizerModule, ImageSegmentation):
             result += [self.size_measurement]
         elif self.size_choice == SIZE_MANUAL:
             result += [self.manual_diameter]
-        result += [self.refinement, self.tta, self.params_choice]
+        result += [self.speed, self.refinement, self.tta, self.params_choice]
         if self.params_choice == PARAMS_CUSTOM:
             result += [self.confidence]
             if self.refinement != REFINE_NONE:
@@ -284,7 +315,7 @@ class SegmentNucleiStyleAdapted(NucleaizerModule, ImageSegmentation):
         order, which grew by revision)."""
         return [
             self.x_name, self.y_name, self.model_choice, self.model_directory, self.model_name,
-            self.size_choice, self.size_measurement, self.manual_diameter,
+            self.size_choice, self.size_measurement, self.manual_diameter, self.speed,
             self.refinement, self.tta, self.params_choice, self.confidence,
             self.p1, self.p2, self.p3, self.p4, self.p5, self.p6,
             self.exclude_size, self.size_range, self.exclude_border_objects,
@@ -298,7 +329,9 @@ class SegmentNucleiStyleAdapted(NucleaizerModule, ImageSegmentation):
         Revision 1 is the first released layout. Revision 2 added post-processing, test-time
         augmentation and the parameter choice: a revision-1 confidence other than 0.5 (the
         user's own value) is kept, as custom parameters whose p1..p6 are the shipped model's.
-        Revision 3 added the diameter-range and border filters (off, as before). When
+        Revision 3 added the diameter-range and border filters (off, as before). Revision 4
+        added the speed: *Accurate* for older pipelines, the only speed there was, so
+        that they keep their results. When
         settings are added or changed, bump ``variable_revision_number`` and add a step here
         that converts the old values."""
         self.refuse_newer_revision(variable_revision_number)
@@ -313,6 +346,9 @@ class SegmentNucleiStyleAdapted(NucleaizerModule, ImageSegmentation):
         if variable_revision_number == 2:
             setting_values = list(setting_values) + ["No", "8,100", "No"]
             variable_revision_number = 3
+        if variable_revision_number == 3:
+            setting_values = list(setting_values) + [SPEED_ACCURATE]
+            variable_revision_number = 4
         return setting_values, variable_revision_number
 
     def on_setting_changed(self, setting, pipeline):
@@ -399,6 +435,7 @@ class SegmentNucleiStyleAdapted(NucleaizerModule, ImageSegmentation):
             return_probability=bool(self.want_probability.value),
             refine=REFINE_LEVELS[self.refinement.value],
             tta=bool(self.tta.value),
+            speed=SPEEDS[self.speed.value],
             discard_border=bool(self.exclude_border_objects.value),
             diameter_range=(
                 (self.size_range.min, self.size_range.max) if self.exclude_size.value else None

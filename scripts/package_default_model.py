@@ -2,12 +2,14 @@
 
     python scripts/package_default_model.py [--main runs/main-s1/best.safetensors] \
         [--preseg runs/preseg-s1/best.safetensors] [--unet runs/unet-s1/best.safetensors] \
-        [--postprocess-from runs/tuned-default/model.json] [--out nucleaizer_backend/weights/default]
+        [--postprocess-from runs/tuned-default/model.json] \
+        [--speed-from bench/results/working_size.json] [--out nucleaizer_backend/weights/default]
 
 Copies the network files given (already fp16 safetensors with their metadata; a network not
 given keeps its current file and record), writes model.json (what the model is, what it was
 trained on, how, its validation scores from each network's own metadata and its run's log,
-and the post-processing parameters) and keeps each run's config.json, log.jsonl and
+the post-processing parameters and the speeds: the fast speed's working diameter and the
+default speed chosen by bench/working_size.py) and keeps each run's config.json, log.jsonl and
 curve.png under docs/training/<run>/ so the training can be read later.
 """
 import argparse
@@ -64,6 +66,20 @@ def keep_run_record(network_file, docs):
             shutil.copyfile(run / name, dest / name)
 
 
+def speed_entry(working_size):
+    """model.json's "speed" from the results of bench/working_size.py."""
+    meta = working_size.get("_meta", {})
+    return {"fast_diameter": float(working_size["fast_diameter"]),
+            "default": working_size["default_speed"],
+            "chosen_by": f"bench/working_size.py ({meta.get('command', '')}, "
+                         f"{meta.get('measured', '')}): the smallest working diameter whose "
+                         f"mean DSB loss against 40 px on images with nuclei under "
+                         f"{working_size['small_px']:g} px is at most "
+                         f"{working_size['max_fast_loss']}; fast is the default when that "
+                         f"loss is at most {working_size['max_default_loss']}",
+            "dsb_loss": round(float(working_size["fast_loss"]), 4)}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     for kind in NETWORK_FILES:
@@ -71,6 +87,9 @@ def main():
     ap.add_argument("--postprocess-from", help="model.json written by `nucleaizer tune` whose "
                     "post-processing values (and tuning record) to store (default: keep the "
                     "current ones, else the paper's)")
+    ap.add_argument("--speed-from", help="bench/results/working_size.json whose choice of the "
+                    "fast speed's working diameter and of the default speed to store "
+                    "(default: keep the current ones)")
     ap.add_argument("--out", default=str(DEFAULT_MODEL_DIR))
     ap.add_argument("--note", help="free text kept in model.json")
     ap.add_argument("--docs", default=str(ROOT / "docs" / "training"),
@@ -115,6 +134,10 @@ def main():
     info["postprocess"] = PostprocessParams.from_dict(source.get("postprocess", {})).to_dict()
     if source.get("tuning"):
         info["tuning"] = source["tuning"]
+    speed = speed_entry(json.loads(Path(args.speed_from).read_text())) if args.speed_from \
+        else old.get("speed")
+    if speed:
+        info["speed"] = speed
     info["note"] = args.note if args.note is not None else old.get("note", "")
     (out / INFO_FILE).write_text(json.dumps(info, indent=1))
     print(f"default model written to {out}")

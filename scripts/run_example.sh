@@ -26,7 +26,7 @@ from pathlib import Path
 out = Path(sys.argv[1])
 truth = {r["id"]: int(r["nuclei"]) for r in csv.DictReader(open("example_images/index.csv"))}
 rows = list(csv.DictReader(open(out / "Image.csv")))
-print(f"{'image':<24}{'nuclei':>8}{'annotated':>11}{'diameter px':>13}{'seconds':>9}")
+print(f"{'image':<24}{'nuclei':>8}{'annotated':>11}{'diameter px':>13}{'CPU s':>9}")
 for r in rows:
     name = Path(r["FileName_Original"]).stem
     secs = next((v for k, v in r.items() if k.startswith("ExecutionTime_") and k.endswith("SegmentNucleiStyleAdapted")), "")

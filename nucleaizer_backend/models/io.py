@@ -29,6 +29,9 @@ MAIN_FILE, PRESEG_FILE, UNET_FILE = "main.safetensors", "preseg.safetensors", "u
 #: the networks of a model folder, by role
 NETWORK_FILES = {"main": MAIN_FILE, "preseg": PRESEG_FILE, "unet": UNET_FILE}
 INFO_FILE = "model.json"
+#: inference speeds: "accurate" brings every image's nuclei to the working diameter; "fast"
+#: enlarges small nuclei only up to the model's fast_diameter (ModelBundle)
+SPEEDS = ("accurate", "fast")
 _META_KEY = "nucleaizer"
 MAX_CACHED_MODELS = 4  # loaded models kept in memory (per process), least recently used dropped
 
@@ -125,6 +128,23 @@ class ModelBundle:
         return float(self.main_meta.get("diameter", 40.0))
 
     @property
+    def fast_diameter(self):
+        """Nucleus diameter (px at the working scale) up to which the *fast* speed enlarges
+        small nuclei (instead of to ``working_diameter``): model.json "speed"
+        {"fast_diameter": px}, chosen by measurement; ``working_diameter`` when the model has
+        none (fast is then the same as accurate)."""
+        info = self.info if isinstance(self.info, dict) else {}
+        value = (info.get("speed") or {}).get("fast_diameter")
+        return float(value) if value else self.working_diameter
+
+    @property
+    def default_speed(self):
+        """The speed used when none is asked for: model.json "speed" {"default": "fast" or
+        "accurate"}; "accurate" when the model has none."""
+        info = self.info if isinstance(self.info, dict) else {}
+        return (info.get("speed") or {}).get("default") or "accurate"
+
+    @property
     def postprocess(self):
         """Post-processing parameters stored with the model (model.json "postprocess")."""
         info = self.info if isinstance(self.info, dict) else {}
@@ -198,6 +218,7 @@ def read_model_info(info_file):
         raise ModelFileError(f"{info_file}: not a model description (a JSON object is "
                              f"expected, found a {type(info).__name__})")
     check_postprocess_entry(info_file, info.get("postprocess"))
+    check_speed_entry(info_file, info.get("speed"))
     return info
 
 
@@ -209,6 +230,36 @@ def stored_postprocess(path=None):
     values = PostprocessParams().to_dict()
     values.update(info.get("postprocess") or {})
     return PostprocessParams.from_dict(values)
+
+
+def stored_speed(path=None):
+    """{"default": speed, "fast_diameter": px} of a model (path: model folder or network
+    file; None = the shipped default) from its model.json "speed", without loading the
+    networks: "accurate" and no fast_diameter (None) where it has none. ModelFileError as
+    read_model_info."""
+    info = read_model_info(model_info_file(resolve_model_path(path)))
+    speed = info.get("speed") or {}
+    return {"default": speed.get("default") or "accurate",
+            "fast_diameter": speed.get("fast_diameter")}
+
+
+def check_speed_entry(info_file, speed):
+    """ModelFileError naming ``info_file`` unless model.json's "speed" entry is absent or an
+    object whose "fast_diameter" (if any) is a positive number of px and whose "default"
+    (if any) is one of SPEEDS."""
+    if speed is None:
+        return
+    if not isinstance(speed, dict):
+        raise ModelFileError(f"{info_file}: \"speed\" must be an object (found a "
+                             f"{type(speed).__name__})")
+    fast = speed.get("fast_diameter")
+    if fast is not None and (isinstance(fast, bool) or not isinstance(fast, (int, float))
+                             or not fast > 0):
+        raise ModelFileError(f"{info_file}: \"speed\": \"fast_diameter\" must be a positive "
+                             f"number of px (got {fast!r})")
+    if speed.get("default") not in (None,) + SPEEDS:
+        raise ModelFileError(f"{info_file}: \"speed\": \"default\" must be one of "
+                             f"{', '.join(SPEEDS)} (got {speed.get('default')!r})")
 
 
 def check_postprocess_entry(info_file, post):

@@ -58,10 +58,16 @@ class TrainConfig:
     workers: int = 0  # processes making the crops (0: in the training process; see CropStream)
     max_minutes: float = None  # stop (checkpointed, resumable) after this much wall time
     precision: str = "auto"  # "bf16" autocast, "fp32", or "auto": bf16 where the hardware has it
+    # main: (min px, max px) nucleus diameters of the crops, log-uniform, for a network that
+    # also works at the fast speed's smaller sizes (None: 40 px with the usual jitter)
+    working_range: list = None
 
     def crop_spec(self):
         if self.kind == "preseg":
             return CropSpec(size=self.crop, scale_range=PRESEG_RANGE,
+                            stain_jitter=self.stain_jitter)
+        if self.kind == "main" and self.working_range:
+            return CropSpec(size=self.crop, scale_range=tuple(self.working_range),
                             stain_jitter=self.stain_jitter)
         if self.kind in ("main", "unet"):
             return CropSpec(size=self.crop, target_diameter=WORKING_DIAMETER,
@@ -163,6 +169,7 @@ def network_meta(cfg, step, extra=None):
         "kind": cfg.kind,
         "diameter": WORKING_DIAMETER if cfg.kind in ("main", "unet") else None,
         "scale_range": list(PRESEG_RANGE) if cfg.kind == "preseg" else None,
+        "working_range": list(cfg.working_range) if cfg.working_range else None,
         "trained_on": str(cfg.data),
         "steps": step,
         "batch_size": cfg.batch_size,

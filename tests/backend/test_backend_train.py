@@ -193,6 +193,26 @@ def test_preseg_kind_and_validation(train_data, tmp_path):
     assert meta["kind"] == "preseg" and meta["scale_range"] == [12.0, 100.0]
 
 
+def test_main_over_a_working_range(train_data, tmp_path):
+    """--working-range: a main network trained on crops whose nuclei span MIN-MAX px
+    (log-uniform), stated in its metadata; refused for other kinds and for a bad range."""
+    cfg = TrainConfig(data=str(train_data), out=str(tmp_path / "ms"), working_range=[20, 52],
+                      **{**TINY, "steps": 1})
+    spec = cfg.crop_spec()
+    assert spec.scale_range == (20, 52)
+    rng = np.random.default_rng(0)
+    from nucleaizer_backend.train.augment import sample_scale
+
+    wanted = [sample_scale(10.0, spec, rng) * 10.0 for _ in range(400)]  # px at the crop scale
+    assert 20 <= min(wanted) < 22 and 48 < max(wanted) <= 52
+    train(cfg)
+    assert read_network_meta(tmp_path / "ms" / "last.safetensors")["working_range"] == [20, 52]
+    base = ["train", "--data", str(train_data), "--out", str(tmp_path / "x"), "--steps", "1"]
+    for extra, message in ((["--kind", "unet", "--working-range", "20", "40"], "for --kind main"),
+                           (["--working-range", "40", "20"], "0 < MIN < MAX")):
+        assert cli.main(base + extra) == 2
+
+
 def test_unknown_kind_is_refused(train_data, tmp_path):
     with pytest.raises(ValueError, match="kind"):
         train(TrainConfig(data=str(train_data), out=str(tmp_path / "x"), kind="maskrnn", **TINY))

@@ -166,6 +166,26 @@ def test_segment_discard_filters(example_images_dir, tmp_path, capsys):
     assert not (tmp_path / "bad").exists()
 
 
+def test_segment_speed(example_images_dir, tmp_path, capsys):
+    """--speed fast enlarges 18 px nuclei less than accurate (to the model's fast diameter);
+    the summary names the speed used; an unknown speed is a usage error."""
+    from nucleaizer_backend.models.io import stored_speed
+
+    img = str(example_images_dir / "images" / "fluo_0e5edb072788.png")
+    rows = {}
+    for speed in ("accurate", "fast"):
+        assert cli.main(["segment", img, "-o", str(tmp_path / speed), "--device", "cpu",
+                         "--diameter", "18", "--speed", speed]) == 0
+        rows[speed] = read_csv(tmp_path / speed / "summary.csv")[0]
+        assert rows[speed]["speed"] == speed
+    assert float(rows["accurate"]["scale"]) == pytest.approx(40 / 18, abs=1e-3)
+    fast = min(stored_speed()["fast_diameter"], 40.0)
+    assert float(rows["fast"]["scale"]) == pytest.approx(max(fast, 18) / 18, abs=1e-3)
+    with pytest.raises(SystemExit) as e:
+        cli.main(["segment", img, "-o", str(tmp_path / "x"), "--speed", "turbo"])
+    assert e.value.code == 2 and "invalid choice: 'turbo'" in capsys.readouterr().err
+
+
 def test_segment_missing_input(tmp_path, capsys):
     rc = cli.main(["segment", str(tmp_path / "nothing"), "-o", str(tmp_path / "o")])
     lines = error_lines(capsys.readouterr().err)

@@ -423,7 +423,7 @@ def test_revision_1_settings_are_upgraded(cp):
     for confidence, choice in (("0.5", "From the model"), ("0.35", "Custom")):
         rev1[8] = confidence
         values, rev = module.upgrade_settings(list(rev1), 1, module.module_name)
-        assert rev == 3 and len(values) == len(current)
+        assert rev == 4 and len(values) == len(current)
         module.set_settings_from_values(values, rev, module.module_name)
         assert module.params_choice.value == choice
         assert module.confidence.value == float(confidence)
@@ -432,6 +432,7 @@ def test_revision_1_settings_are_upgraded(cp):
         assert {k: getattr(module, k).value for k in ("p1", "p2", "p3", "p4", "p5", "p6")} == \
             {k: shipped[k] for k in ("p1", "p2", "p3", "p4", "p5", "p6")}
         assert not module.exclude_size.value and not module.exclude_border_objects.value
+        assert module.speed.value == "Accurate"
 
 
 def test_revision_2_settings_keep_the_users_values(cp):
@@ -440,10 +441,30 @@ def test_revision_2_settings_keep_the_users_values(cp):
     values, rev = segment_module(cp).upgrade_settings(list(rev2), 2, module.module_name)
     upgraded = segment_module(cp)
     upgraded.set_settings_from_values(values, rev, module.module_name)
-    assert rev == 3 and [s.unicode_value for s in upgraded.settings()][:25] == rev2
+    assert rev == 4 and [s.unicode_value for s in upgraded.settings()][:25] == rev2
     assert (upgraded.confidence.value, upgraded.p1.value, upgraded.p2.value) == (0.42, 0.3, 20.0)
     assert not upgraded.exclude_size.value and not upgraded.exclude_border_objects.value
     assert (upgraded.size_range.min, upgraded.size_range.max) == (8, 100)
+
+
+def test_revision_3_settings_keep_their_results_at_the_accurate_speed(cp):
+    """Pipelines saved before the speed setting ran at the only speed there was; new modules
+    start at the shipped model's default speed."""
+    from nucleaizer_backend.models.io import stored_speed
+
+    module = segment_module(cp, exclude_size=True, size_range=(5, 50))
+    rev3 = [s.unicode_value for s in module.settings()][:28]
+    values, rev = module.upgrade_settings(list(rev3), 3, module.module_name)
+    upgraded = segment_module(cp)
+    upgraded.set_settings_from_values(values, rev, module.module_name)
+    assert rev == 4 and [s.unicode_value for s in upgraded.settings()][:28] == rev3
+    assert upgraded.speed.value == "Accurate"
+    assert upgraded.segment_options(None)["speed"] == "accurate"
+    fresh = segment_module(cp)
+    assert fresh.speed.value == stored_speed()["default"].capitalize()
+    fresh.speed.value = "Fast"
+    assert fresh.segment_options(20.0)["speed"] == "fast"
+    assert fresh.speed in fresh.visible_settings()
 
 
 def test_custom_parameters_start_from_the_chosen_models_values(cp, tmp_path):
@@ -715,7 +736,7 @@ def test_cppipe_round_trip_of_both_modules(cp, tmp_path):
     pipeline.dump(buf)
     text = buf.getvalue()
     assert "SegmentNucleiStyleAdapted:[module_num:2|svn_version" in text
-    assert "variable_revision_number:3|" in text
+    assert "variable_revision_number:4|" in text
     path = tmp_path / "roundtrip.cppipe"
     path.write_text(text)
     loaded = cp.Pipeline()
