@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .geometry import DEFAULT_OVERLAP, owned_ranges, rescale_image, tile_starts
+from .geometry import DEFAULT_OVERLAP, owned_ranges, rescale_image, tiling
 from .labels import instances_to_labels
 from .models.maskrcnn import predict_raw
 
@@ -43,14 +43,14 @@ def detect(model, image, scale, device, tile=DEFAULT_TILE, overlap=DEFAULT_OVERL
     """
     x = rescale_image(image, scale, device)
     _, hs, ws = x.shape
-    ys, xs = tile_starts(hs, tile, overlap), tile_starts(ws, tile, overlap)
-    own_y, own_x = owned_ranges(ys, tile, hs), owned_ranges(xs, tile, ws)
+    (ys, th), (xs, tw) = tiling(hs, tile, overlap), tiling(ws, tile, overlap)
+    own_y, own_x = owned_ranges(ys, th, hs), owned_ranges(xs, tw, ws)
     jobs = [(y0, x0, oy, ox) for y0, oy in zip(ys, own_y) for x0, ox in zip(xs, own_x)]
     boxes, scores, masks = [], [], []
     use_amp = device.type == "cuda"
     for i in range(0, len(jobs), batch_size):
         chunk = jobs[i:i + batch_size]
-        crops = [x[:, y0:y0 + tile, x0:x0 + tile] for y0, x0, _, _ in chunk]
+        crops = [x[:, y0:y0 + th, x0:x0 + tw] for y0, x0, _, _ in chunk]
         with torch.autocast(device.type, enabled=use_amp):
             outs = predict_raw(model, crops, min_score)
         for (y0, x0, (ly, hy), (lx, hx)), out in zip(chunk, outs):

@@ -2,7 +2,7 @@
 (docs/METHOD.md section 2.6: what the contour correction of refine.py follows)."""
 import torch
 
-from .geometry import DEFAULT_OVERLAP, map_to_original, owned_ranges, rescale_image, tile_starts
+from .geometry import DEFAULT_OVERLAP, map_to_original, owned_ranges, rescale_image, tiling
 
 UNET_TILE = 1024  # px at the working scale
 
@@ -14,10 +14,10 @@ def foreground_probability(unet, image, scale, device, tile=UNET_TILE, overlap=D
     x = rescale_image(image, scale, device)
     _, hs, ws = x.shape
     prob = torch.zeros((hs, ws), device=device)
-    ys, xs = tile_starts(hs, tile, overlap), tile_starts(ws, tile, overlap)
-    for y0, (ly, hy) in zip(ys, owned_ranges(ys, tile, hs)):
-        for x0, (lx, hx) in zip(xs, owned_ranges(xs, tile, ws)):
-            crop = x[:, y0:y0 + tile, x0:x0 + tile][None].contiguous(
+    (ys, th), (xs, tw) = tiling(hs, tile, overlap), tiling(ws, tile, overlap)
+    for y0, (ly, hy) in zip(ys, owned_ranges(ys, th, hs)):
+        for x0, (lx, hx) in zip(xs, owned_ranges(xs, tw, ws)):
+            crop = x[:, y0:y0 + th, x0:x0 + tw][None].contiguous(
                 memory_format=torch.channels_last)
             with torch.autocast(device.type, enabled=device.type == "cuda"):
                 p = unet(crop)[0].float()

@@ -70,6 +70,17 @@ def tile_starts(length, tile, overlap):
     return [int(round(i * (length - tile) / (n - 1))) for i in range(n)]
 
 
+def tiling(length, tile, overlap):
+    """(start offsets, tile length) of the tiles covering ``length`` px: as many as tiles of
+    ``tile`` px need (tile_starts), each shrunk to the least length that still keeps
+    ``overlap`` px between neighbours, so that an image just over one tile is not segmented
+    as four whole tiles (a 2150 px side: 2 tiles of 1139 px, not 2 of 2048)."""
+    n = len(tile_starts(length, tile, overlap))
+    if n > 1:
+        tile = min(tile, -(-(length + (n - 1) * overlap) // n))
+    return tile_starts(length, tile, overlap), tile
+
+
 def owned_ranges(starts, tile, length):
     """Half-open [lo, hi) range each tile owns: boundaries at the middle of each overlap."""
     bounds = [0]

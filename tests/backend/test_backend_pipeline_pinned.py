@@ -30,7 +30,7 @@ PINNED = {
     ("fluo_5bb8508ff8ec", "full"): (29, 49.77, 28.874, "e5ac253d4fcb4135"),
     ("fluo_5bb8508ff8ec", "rules"): (29, 49.77, 28.874, "68a7eb4ed0b5c404"),
     ("fluo_5bb8508ff8ec", "none"): (31, 49.77, 30.774, "0f93fe9add84be8d"),
-    ("fluo_ce88df7356d9", "full"): (56, 9.64, 55.749, "f8ef158c7fb94c06"),
+    ("fluo_ce88df7356d9", "full"): (56, 9.64, 55.749, "c8c3e5ea18375f23"),
     ("fluo_ce88df7356d9", "rules"): (56, 9.64, 55.749, "4bae6e06616dc6e6"),
     ("fluo_ce88df7356d9", "none"): (58, 9.64, 57.516, "55639de37940e223"),
     ("he_420f43d21dba", "full"): (40, 18.75, 39.546, "020560a46edd9ec1"),

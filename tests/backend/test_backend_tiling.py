@@ -16,7 +16,7 @@ from nucleaizer_backend import detect as detect_module
 from nucleaizer_backend import segment_image
 from nucleaizer_backend.detect import detect
 from nucleaizer_backend.errors import NucleaizerError
-from nucleaizer_backend.geometry import owned_ranges, tile_starts
+from nucleaizer_backend.geometry import owned_ranges, tile_starts, tiling
 from nucleaizer_backend.evaluate import score_image
 from nucleaizer_backend.imageio_utils import read_image
 from nucleaizer_backend.preprocess import normalize_image
@@ -51,6 +51,23 @@ def test_tile_starts_cover_with_overlap(length, tile, overlap):
     # and no more tiles than needed: one fewer could not keep the overlap
     n = len(starts)
     assert n == 1 or (n - 2) * (tile - overlap) + tile < length
+
+
+@pytest.mark.parametrize("length,tile,overlap", CASES)
+def test_fitted_tiles_cover_with_overlap_and_no_more(length, tile, overlap):
+    """tiling: as many tiles as tile_starts, each no longer than needed to keep the overlap."""
+    starts, size = tiling(length, tile, overlap)
+    assert len(starts) == len(tile_starts(length, tile, overlap)) and size <= tile
+    assert starts[0] == 0 and starts[-1] + size == max(length, size)
+    for a, b in zip(starts[:-1], starts[1:]):
+        assert a + size - b >= overlap
+    if len(starts) > 1:  # one px shorter could not keep the overlap with as many tiles
+        assert len(starts) * (size - 1) < length + (len(starts) - 1) * overlap
+
+
+def test_an_image_just_over_one_tile_is_not_segmented_as_four_whole_tiles():
+    starts, size = tiling(2150, 2048, 128)
+    assert starts == [0, 1011] and size == 1139
 
 
 @pytest.mark.parametrize("length,tile,overlap", CASES)
