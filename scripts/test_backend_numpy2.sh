@@ -28,4 +28,4 @@ exec env PYTHONPATH="$OVERLAY" .venv/bin/python -m pytest -q -p no:cacheprovider
   tests/backend/test_backend_labels.py tests/backend/test_backend_inference.py tests/backend/test_backend_pairing.py \
   tests/backend/test_backend_metrics.py tests/backend/test_backend_tiling.py tests/backend/test_backend_model.py \
   tests/backend/test_backend_errors.py tests/backend/test_backend_refine.py tests/backend/test_backend_train.py \
-  tests/backend/test_cli.py tests/tools/test_train_timeboxed.py tests/tools/test_gpu_speed.py "$@"
+  tests/backend/test_cli.py tests/tools/test_train_timeboxed.py tests/tools/test_gpu_speed.py tests/backend/test_backend_speed.py "$@"

@@ -140,7 +140,8 @@ OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 "$VENV/bin/python" -m pytest -q -p no:cachep
   tests/backend/test_backend_postprocess.py tests/backend/test_backend_refine.py \
   tests/backend/test_backend_errors.py tests/backend/test_cli.py \
   tests/backend/test_backend_metrics.py tests/backend/test_backend_pairing.py \
-  tests/backend/test_style_masks.py tests/backend/test_style_cluster.py "$@" || rc=$?
+  tests/backend/test_style_masks.py tests/backend/test_style_cluster.py \
+  tests/backend/test_backend_speed.py "$@" || rc=$?
 t1=$(date +%s)
 echo "[py39] backend tests: $((t1 - t0)) s" >&2
 [ "$rc" -eq 0 ] || { echo "[py39] backend tests FAILED" >&2; exit "$rc"; }
