@@ -120,9 +120,13 @@ def working_range(model, speed="accurate"):
     None = the model's default): nuclei within it are not rescaled. accurate: both are the
     working diameter (40 px for the shipped model); fast: small nuclei are enlarged only to
     the model's fast_diameter."""
-    speed = check_speed(model.default_speed if speed is None else speed)
-    low = model.fast_diameter if speed == "fast" else model.working_diameter
+    low = model.fast_diameter if resolve_speed(model, speed) == "fast" else model.working_diameter
     return min(low, model.working_diameter), model.working_diameter
+
+
+def resolve_speed(model, speed):
+    """``speed`` checked (check_speed), or ``model``'s default speed when it is None."""
+    return check_speed(model.default_speed if speed is None else speed)
 
 
 def check_speed(speed):
@@ -144,7 +148,7 @@ def infer(model, image, diameter=None, confidence=0.5, unet=True, mask_probabili
     Mask R-CNN passes: the whole segmentation about 2.7x slower, BENCHMARKS.md). tile_size: Mask R-CNN tile, px at the working scale.
     speed: "accurate", "fast" or None (the model's default): see working_range.
     """
-    speed = check_speed(model.default_speed if speed is None else speed)
+    speed = resolve_speed(model, speed)
     working = working_range(model, speed)
     clock = StageClock()
     norm = normalize_image(image)

@@ -94,6 +94,8 @@ def model_speed(path=None):
         return SPEED_ACCURATE, None
 
 
+_SHIPPED_SPEED, _SHIPPED_FAST_DIAMETER = model_speed()
+
 # The fields of the help text's templates.
 TEXT = dict(
     SIZE_AUTOMATIC=SIZE_AUTOMATIC,
@@ -106,8 +108,8 @@ TEXT = dict(
     PARAMS_CUSTOM=PARAMS_CUSTOM,
     SPEED_ACCURATE=SPEED_ACCURATE,
     SPEED_FAST=SPEED_FAST,
-    DEFAULT_SPEED=model_speed()[0],
-    FAST_DIAMETER="%g" % (model_speed()[1] or 40),
+    DEFAULT_SPEED=_SHIPPED_SPEED,
+    FAST_DIAMETER="%g" % (_SHIPPED_FAST_DIAMETER or 40),
     DOI=NUCLEAIZER_DOI,
 )
 

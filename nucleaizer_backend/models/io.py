@@ -133,16 +133,14 @@ class ModelBundle:
         small nuclei (instead of to ``working_diameter``): model.json "speed"
         {"fast_diameter": px}, chosen by measurement; ``working_diameter`` when the model has
         none (fast is then the same as accurate)."""
-        info = self.info if isinstance(self.info, dict) else {}
-        value = (info.get("speed") or {}).get("fast_diameter")
+        value = speed_settings(self.info)["fast_diameter"]
         return float(value) if value else self.working_diameter
 
     @property
     def default_speed(self):
         """The speed used when none is asked for: model.json "speed" {"default": "fast" or
         "accurate"}; "accurate" when the model has none."""
-        info = self.info if isinstance(self.info, dict) else {}
-        return (info.get("speed") or {}).get("default") or "accurate"
+        return speed_settings(self.info)["default"]
 
     @property
     def postprocess(self):
@@ -237,8 +235,13 @@ def stored_speed(path=None):
     file; None = the shipped default) from its model.json "speed", without loading the
     networks: "accurate" and no fast_diameter (None) where it has none. ModelFileError as
     read_model_info."""
-    info = read_model_info(model_info_file(resolve_model_path(path)))
-    speed = info.get("speed") or {}
+    return speed_settings(read_model_info(model_info_file(resolve_model_path(path))))
+
+
+def speed_settings(info):
+    """{"default": speed, "fast_diameter": px or None} of a model description ``info``
+    (model.json as a dict): its "speed" entry, "accurate" and None where it has none."""
+    speed = (info.get("speed") if isinstance(info, dict) else None) or {}
     return {"default": speed.get("default") or "accurate",
             "fast_diameter": speed.get("fast_diameter")}
 
