@@ -183,6 +183,76 @@ def _style_adaptation(res):
     return out
 
 
+def _style_distance(res):
+    if not res:
+        return []
+    v, ps = res["val"], res["val"]["per_style"]
+
+    def dsb(x):
+        return "-" if x is None else f"{x:.3f}"
+
+    out = ["## Style distance: when to adapt", "", _meta_line(res), "",
+           "Each segmented image gets a *style distance*: how far its colour, intensity and "
+           "texture (21 features of a centre crop) lie from the images the model was trained "
+           "or adapted on, in standardised units (nucleaizer_backend/style/distance.py). "
+           "Above the model's threshold (set on its training images alone: the 95% quantile "
+           "of cross-fitted distances x 1.25) the module flags the image (UnfamiliarStyle) "
+           "and suggests TrainStyleAdaptation.", "",
+           f"**Val images, shipped model** (threshold {v['threshold']:.2f}, automatic size): "
+           f"Spearman correlation of style distance with the image's DSB score "
+           f"**{v['spearman']:.2f}** (p = {v['spearman_p']:.1g}); {v['above']} of "
+           f"{v['images']} images above the threshold, mean DSB **{dsb(v['dsb_above'])}** "
+           f"against **{dsb(v['dsb_below'])}** below. Time: {1000 * v['median_seconds_style']:.0f} "
+           "ms per image (median).", "",
+           "| val style | images | above threshold | DSB above | DSB below |",
+           "|---|---|---|---|---|"]
+    for name, g in ps.items():
+        out.append(f"| {name} | {g['images']} | {g['above']} | {dsb(g['dsb_above'])} | "
+                   f"{dsb(g['dsb_below'])} |")
+    out += ["", "**Held-out styles**: the reference fitted on the train images without the "
+            f"style (H&E; fluorescence clusters: k-means, k = {res['fluo_clusters']}, of the "
+            "fluorescence images' style features). Share of the held-out style's images "
+            "(train and val) above that reference's threshold (wanted: high), and share of the "
+            "other styles' val images above it (wanted: low; val images come from experiments "
+            "absent from train, so some of them are new styles in fact):", "",
+            "| held-out style | images (train) | threshold | held-out above | other val above |",
+            "|---|---|---|---|---|"]
+    for h in res["held_out"]:
+        out.append(f"| {h['style']} | {h['images']} ({h['train_images']}) | "
+                   f"{h['threshold']:.2f} | {h['held_out_above']:.0%} | "
+                   f"{h['other_val_above']:.0%} |")
+    out.append("")
+    return out
+
+
+def _style_masks(res):
+    if not res:
+        return []
+    out = ["## Masks and synthetic nuclei of a style against its true nuclei", "",
+           _meta_line(res), "",
+           "What style adaptation learns a style's nuclei from, on the val images of each "
+           "style: the shipped base model's automatic (preseg) masks without and with the "
+           "guard that leaves out likely whole cells and clumps (over 2x the image's median "
+           "diameter, or solidity under 0.75), and "
+           f"{res['synthetic_per_style']} synthetic masks drawn from the guarded masks' "
+           "statistics, each against the annotated nuclei: equivalent-diameter quantiles, "
+           "two-sample Kolmogorov-Smirnov statistic of the diameters (0: same distribution; "
+           "lower is better) and density.", "",
+           "| style | masks | nuclei | diameter p10 / p50 / p90 (px) | KS vs truth | "
+           "nuclei per 10^4 px |", "|---|---|---|---|---|---|"]
+    for style, g in res["styles"].items():
+        for r in g["rows"]:
+            q = "/".join(f"{v:.1f}" for v in r["diameter_q10_50_90"]) \
+                if r["diameter_q10_50_90"] else "-"
+            ks = "-" if r["ks_diameter"] is None else f"{r['ks_diameter']:.3f}"
+            out.append(f"| {style} ({g['images']} images) | {r['masks']} | {r['nuclei']} | "
+                       f"{q} | {ks} | {r['nuclei_per_1e4px']:.1f} |")
+    out += ["", "The guard left out " + ", ".join(
+        f"{g['left_out_by_guard']} objects in {style}" for style, g in res["styles"].items())
+        + ".", ""]
+    return out
+
+
 def _adapt_speed(res):
     if not res:
         return []
@@ -450,6 +520,8 @@ def render(results, references, current_weights=None):
     out += _errors(results.get("errors"))
     out += _style_adaptation(results.get("style_adaptation"))
     out += _adapt_speed(results.get("adapt_speed"))
+    out += _style_distance(results.get("style_distance"))
+    out += _style_masks(results.get("style_masks"))
     size = results.get("size")
     if size:
         p = size["ratio_percentiles"]

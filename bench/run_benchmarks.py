@@ -35,6 +35,11 @@ rebuilt from all stored results, so sections can be re-measured one at a time. N
 - speed_bins, module_speed, plate: screening speed: seconds and DSB per nucleus-size bin at
   each speed, SegmentNucleiStyleAdapted in CellProfiler against the backend, a 200-image
   batch through 2 processes (bench/screen_speed.py).
+- style_distance: whether the style distance tells when to adapt: val images' DSB against
+  their distance and the shipped threshold, and held-out styles (H&E, fluorescence clusters)
+  against references fitted without them (bench/style_distance.py).
+- style_masks: the nuclei statistics of automatic masks before and after the guard, and of
+  synthetic masks, against the annotated nuclei of each val style (bench/style_masks.py).
 - figures: docs/example_overlay.png, docs/f1_curve.png and docs/refinement_f1.png
   (bench/figures.py).
 """
@@ -56,6 +61,8 @@ from bench.speed import (section_adapt_speed, section_memory, section_speed,  # 
 from bench.screen_speed import (section_module_speed, section_plate,  # noqa: E402
                                 section_speed_bins)
 from bench.working_size import section_working_size  # noqa: E402
+from bench.style_distance import section_style_distance  # noqa: E402
+from bench.style_masks import section_style_masks  # noqa: E402
 
 REFERENCES = {  # given in the issue, measured by the team on the same 67 val images
     "CellProfiler IdentifyPrimaryObjects (reference run)": 0.211,
@@ -250,7 +257,8 @@ SECTIONS = {"accuracy": section_accuracy, "size": section_size, "speed": section
             "errors": section_errors, "figures": section_figures,
             "train_speed": section_train_speed, "train_learning": section_train_learning,
             "working_size": section_working_size, "speed_bins": section_speed_bins,
-            "module_speed": section_module_speed, "plate": section_plate}
+            "module_speed": section_module_speed, "plate": section_plate,
+            "style_distance": section_style_distance, "style_masks": section_style_masks}
 
 
 def load_results():
@@ -258,7 +266,7 @@ def load_results():
 
 
 # what each section's numbers depend on (default: every network and the post-processing values)
-SECTION_PARTS = {"size": ("preseg",), "tuning": ("main", "preseg", "unet"),
+SECTION_PARTS = {"size": ("preseg",), "style_masks": ("preseg",), "tuning": ("main", "preseg", "unet"),
                  "train_speed": (), "train_learning": ()}
 MODEL_PARTS = ("main", "preseg", "unet", "postprocess")
 

@@ -56,7 +56,7 @@ def _log_progress_to_stderr():
 SUMMARY_FIELDS = ("image", "nuclei", "diameter_px", "scale", "size_reliable", "seconds",
                   "error", "labels", "note", "discarded_size", "discarded_border",
                   "seconds_size", "seconds_detect", "seconds_unet", "seconds_postprocess",
-                  "speed")
+                  "speed", "style_distance", "unfamiliar_style")
 
 
 def cmd_segment(args):
@@ -66,17 +66,22 @@ def cmd_segment(args):
     paths = list_images(args.inputs)
     out = make_output_folder(args.output)
     stems = output_stems(paths)
-    failed = 0
+    failed = unfamiliar = 0
     bar = Progress(len(paths), "segment")
     with summary_writer(out / "summary.csv", SUMMARY_FIELDS) as write_row:
         for done, (p, stem) in enumerate(zip(paths, stems), 1):
             row = segment_one(p, out, stem, args)
             failed += bool(row["error"])
+            unfamiliar += row["unfamiliar_style"] is True
             write_row(row)
             bar.update(done, "failed" if row["error"] else f"{row['nuclei']} nuclei")
     bar.close()
     print(f"{len(paths) - failed} of {len(paths)} images segmented; labels"
           f"{', overlays/' if args.overlays else ''} and summary.csv in {out}")
+    if unfamiliar:
+        _warn(f"{unfamiliar} of {len(paths)} images are of a style unlike those the model was "
+              "trained or adapted on (summary.csv: unfamiliar_style); adapting the model to "
+              "them may pay: nucleaizer adapt")
     return EXIT_SOME_FAILED if failed else 0
 
 
@@ -137,6 +142,8 @@ def _result_row(row, r, stem):
     notes = [row["note"]] + ([f"degenerate image ({r.degenerate})"] if r.degenerate else [])
     return dict(row, nuclei=r.count, diameter_px=round(r.diameter, 2), scale=round(r.scale, 4),
                 speed=r.speed,
+                style_distance="" if r.style_distance is None else round(r.style_distance, 3),
+                unfamiliar_style="" if r.style_distance is None else r.unfamiliar_style,
                 size_reliable="" if r.size_estimate is None else r.size_estimate.reliable,
                 seconds=round(r.seconds, 3), labels=f"{stem}.tif",
                 note="; ".join(n for n in notes if n), discarded_size=r.discarded["size"],
@@ -238,6 +245,8 @@ def _working_range(args):
 def cmd_train(args):
     from .train.loop import TrainConfig, train
 
+    if args.kind == "style":
+        return train_prior(args)
     cfg = TrainConfig(data=args.data, val=args.val, out=args.out, kind=args.kind,
                       steps=args.steps, batch_size=args.batch_size, crop=args.crop, lr=args.lr,
                       warmup=args.warmup, checkpoint_every=args.checkpoint_every,
@@ -256,6 +265,33 @@ def cmd_train(args):
         raise NucleaizerError(str(e)) from None
     bar.close()
     print(f"training finished: {run} (best.safetensors, log.jsonl, curve.png)")
+    return 0
+
+
+STYLE_PRIOR_IGNORES = ("val", "working_range", "synthetic", "stain_jitter", "max_minutes")
+
+
+def train_prior(args):
+    """``train --kind style``: the style prior (style.prior) on every pair of --data."""
+    from .style.pix2pix_train import StyleTrainConfig
+    from .style.prior import train_style_prior
+
+    given = [k for k in STYLE_PRIOR_IGNORES if getattr(args, k) not in (None, 0.0)]
+    if given:
+        raise OptionError(f"--{given[0].replace('_', '-')} does not apply to --kind style")
+    cfg = StyleTrainConfig(steps=args.steps, crop=args.crop, lr=args.lr,
+                           checkpoint_every=args.checkpoint_every, seed=args.seed,
+                           threads=args.threads, device=args.device, init=args.init)
+    bar = ProgressCallback("train", bar=None)
+    try:
+        run = train_style_prior(args.data, args.out, cfg,
+                                styles=args.styles.split(",") if args.styles else None,
+                                resume=args.resume,
+                                progress=lambda step, total, info: bar(step, total, info))
+    except FileExistsError as e:
+        raise NucleaizerError(str(e)) from None
+    bar.close()
+    print(f"training finished: {run} (generator.safetensors, log.jsonl)")
     return 0
 
 
@@ -295,7 +331,8 @@ def cmd_adapt(args):
                       unet_steps=args.unet_steps, replay_data=args.replay_data,
                       replay_styles=args.replay_styles.split(",") if args.replay_styles else None,
                       iterations=args.iterations, masks_from=args.masks_from,
-                      min_reliable_share=args.min_reliable_share, seed=args.seed, threads=args.threads, device=args.device)
+                      min_reliable_share=args.min_reliable_share, style_init=args.style_init,
+                      seed=args.seed, threads=args.threads, device=args.device)
     annotations = annotations_for(args.inputs, args.annotations) if args.annotations else None
     bar = ProgressLog(bar=None)
     result = adapt(args.inputs, args.out, annotations=annotations, config=cfg, progress=bar)

@@ -59,12 +59,14 @@ def build_parser():
     e.add_argument("--csv", help="also write the estimates to this CSV file")
     model_args(e)
 
-    t = sub.add_parser("train", help="train a main, preseg or unet network (resumable)")
+    t = sub.add_parser("train", help="train a main, preseg, unet or style-prior network "
+                       "(resumable)")
     t.add_argument("--data", required=True, help="folder of image + label pairs")
     t.add_argument("--val", help="folder of image + label pairs for validation")
     t.add_argument("--out", required=True, help="run folder (checkpoints, log, curve)")
-    t.add_argument("--kind", choices=["main", "preseg", "unet"], default="main",
-                   help="main: Mask R-CNN at 40 px; preseg: any size; unet: refinement U-Net")
+    t.add_argument("--kind", choices=["main", "preseg", "unet", "style"], default="main",
+                   help="main: Mask R-CNN at 40 px; preseg: any size; unet: refinement U-Net; "
+                   "style: the general mask-to-image generator style models start from")
     t.add_argument("--steps", type=int, default=6000)
     t.add_argument("--batch-size", type=int, default=2)
     t.add_argument("--crop", type=int, default=256, help="crop size in px (working scale)")
@@ -136,6 +138,9 @@ def build_parser():
     a.add_argument("--min-reliable-share", type=float, default=0.5,
                    help="a style is learned only when at least this share of its images has "
                         "masks with >= 5 nuclei (default 0.5; 0: no check)")
+    a.add_argument("--style-init", help="generator the style models start from: a "
+                   "pix2pix generator file, or 'none' to train them from scratch (default: "
+                   "the shipped style prior)")
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--threads", type=int, help="CPU threads for torch")
     a.add_argument("--model", help="base model folder or main .safetensors file "

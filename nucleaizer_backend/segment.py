@@ -19,6 +19,7 @@ from .models.io import ModelBundle, load_model
 from .preprocess import normalize_image
 from .refine import PostprocessParams
 from .size import SIZE_CONFIDENCE, SizeEstimate
+from .style.distance import style_distance
 
 LOGGER = logging.getLogger(__name__)
 
@@ -42,9 +43,13 @@ class SegmentationResult:
     discarded: {"size": n, "border": n} nuclei dropped by ``diameter_range`` and
     ``discard_border`` (labels.discard_objects).
     stage_seconds: wall time (s) of each stage: "normalise", "size" (only when the diameter
-    was estimated), "detect", "unet", "postprocess" (rules, U-Net contours, filters); the
-    rest of ``seconds`` is model loading and bookkeeping.
+    was estimated), "detect", "unet", "postprocess" (rules, U-Net contours, filters), "style"
+    (the style distance); the rest of ``seconds`` is model loading and bookkeeping.
     speed: the speed used ("accurate" or "fast"; see segment_image).
+    style_distance: how far the image's style lies from the styles the model was trained or
+    adapted on (style.distance; standardised feature units), style_threshold: the model's
+    limit above which that style is unlike every trained one (both None when the model
+    stores no style reference or the image is degenerate); see :attr:`unfamiliar_style`.
     """
 
     labels: np.ndarray
@@ -62,10 +67,19 @@ class SegmentationResult:
     discarded: dict = field(default_factory=lambda: {"size": 0, "border": 0})
     stage_seconds: dict = field(default_factory=dict)
     speed: str = "accurate"
+    style_distance: float = None
+    style_threshold: float = None
 
     @property
     def count(self):
         return len(self.scores)
+
+    @property
+    def unfamiliar_style(self):
+        """True when the image's style lies beyond the model's threshold: adapting the model
+        to such images (TrainStyleAdaptation, ``nucleaizer adapt``) is likely to pay."""
+        return (self.style_distance is not None
+                and self.style_distance > self.style_threshold)
 
 
 class Model(ModelBundle):
@@ -157,13 +171,17 @@ def segment_image(image, model=None, diameter=None, device="auto", confidence=No
     labels, scores = postprocess_outputs(outputs, params, level, mask)
     labels, scores, discarded = discard_objects(labels, scores, discard_border, diameter_range)
     stage_seconds = dict(outputs.seconds, postprocess=time.perf_counter() - t_post)
+    t_style = time.perf_counter()
+    distance, threshold = (None, None) if outputs.degenerate else style_distance(model, image)
+    stage_seconds["style"] = time.perf_counter() - t_style
     if outputs.degenerate:
         LOGGER.warning("degenerate image (%s): no nuclei", outputs.degenerate)
     return SegmentationResult(labels, scores, outputs.diameter, outputs.scale,
                               outputs.scale_clamped, outputs.size_estimate,
                               outputs.probability if return_probability else None,
                               time.perf_counter() - t0, params, level != "none", bool(tta),
-                              outputs.degenerate, discarded, stage_seconds, outputs.speed)
+                              outputs.degenerate, discarded, stage_seconds, outputs.speed,
+                              distance, threshold)
 
 
 def segment(image, model=None, diameter=None, device="auto", confidence=None, **kwargs):

@@ -62,7 +62,7 @@ The display window shows the input image, the nuclei as a label image, the input
 nuclei's outlines, and a table: the number of nuclei, their median diameter, the nucleus
 diameter used (marked *automatic* when it was estimated, and *unreliable* when the estimate
 found too few nuclei), the rescaling factor (marked *clamped* when it was) and the speed, the nuclei's
-median confidence and the time taken; and, when they apply, that the image was degenerate
+median confidence, the style distance with the model's threshold and the time taken; and, when they apply, that the image was degenerate
 and how many nuclei the diameter-range and border filters discarded.
 
 Measurements made by this module
@@ -85,6 +85,15 @@ Measurements made by this module
 -  *Nucleaizer_DegenerateImage:* 1 when the image cannot hold a nucleus (smaller than 4x4
    pixels, one value everywhere, or no finite pixel value, e.g. all NaN): the image gets no
    nuclei and a warning is logged, and the run goes on; else 0.
+-  *Nucleaizer_StyleDistance:* How far the image's look (colour, intensity, texture) lies
+   from the images the model was trained or adapted on, in standardised feature units
+   (NaN when the model stores no style reference). Images of trained styles mostly lie
+   below the model's threshold (about 2.8 for the shipped model); on DSB validation images,
+   those above it scored about half as well as those below (BENCHMARKS.md, "Style distance").
+-  *Nucleaizer_UnfamiliarStyle:* 1 when the style distance is above the model's threshold,
+   else 0. The first such image logs a warning suggesting **TrainStyleAdaptation**: adapting
+   the model to these images is likely to improve their segmentation. Average it over a
+   plate (e.g. with **CalculateStatistics** or in the exported spreadsheet) to decide.
 
 **Object measurements:**
 

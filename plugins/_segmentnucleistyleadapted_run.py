@@ -23,12 +23,16 @@ FTR_SCALE_CLAMPED = "ScaleClamped"
 FTR_SIZE_RELIABLE = "SizeReliable"
 FTR_CONFIDENCE = "Confidence"
 FTR_DEGENERATE = "DegenerateImage"  # 1: too small, constant or all NaN (no nuclei), else 0
+FTR_STYLE_DISTANCE = "StyleDistance"  # distance to the trained styles (NaN: not measured)
+FTR_UNFAMILIAR_STYLE = "UnfamiliarStyle"  # 1: style distance above the model's threshold
 IMAGE_FEATURES = (
     (FTR_DIAMETER, COLTYPE_FLOAT),
     (FTR_SCALE, COLTYPE_FLOAT),
     (FTR_SCALE_CLAMPED, COLTYPE_INTEGER),
     (FTR_SIZE_RELIABLE, COLTYPE_INTEGER),
     (FTR_DEGENERATE, COLTYPE_INTEGER),
+    (FTR_STYLE_DISTANCE, COLTYPE_FLOAT),
+    (FTR_UNFAMILIAR_STYLE, COLTYPE_INTEGER),
 )
 M_CONFIDENCE = "%s_%s" % (C_NUCLEAIZER, FTR_CONFIDENCE)
 
@@ -124,11 +128,16 @@ def add_results(module, workspace, image, result):
         FTR_SCALE_CLAMPED: int(bool(result.scale_clamped)),
         FTR_SIZE_RELIABLE: int(size_reliable(result)),
         FTR_DEGENERATE: int(bool(result.degenerate)),
+        FTR_STYLE_DISTANCE: (float("nan") if result.style_distance is None
+                             else float(result.style_distance)),
+        FTR_UNFAMILIAR_STYLE: int(result.unfamiliar_style),
     }
     for feature, value in values.items():
         m.add_image_measurement(image_feature(feature, y_name), value)
     if result.degenerate:
         warn_degenerate(module, m, result.degenerate)
+    if result.unfamiliar_style:
+        warn_unfamiliar_style(module, m, result)
     if module.want_confidence:
         m.add_measurement(y_name, M_CONFIDENCE, numpy.asarray(result.scores, dtype=float))
 
@@ -154,6 +163,27 @@ def warn_degenerate(module, measurements, reason):
     )
 
 
+def warn_unfamiliar_style(module, measurements, result):
+    """Log that this image's style lies beyond the model's trained styles (once per module
+    in a process, so that a screen of such images does not flood the log; every image's
+    value is in the UnfamiliarStyle measurement)."""
+    if getattr(module, "_warned_unfamiliar_style", False):
+        return
+    module._warned_unfamiliar_style = True
+    LOGGER.warning(
+        "%s: image %r of image set #%d looks unlike the images the model was trained or "
+        "adapted on (style distance %.2f, threshold %.2f); segmentation may be poor. "
+        "Adapting the model to these images with TrainStyleAdaptation is likely to help "
+        "(%s flags each such image; this warning is given once)",
+        module.module_name,
+        module.x_name.value,
+        measurements.image_set_number,
+        result.style_distance,
+        result.style_threshold,
+        image_feature(FTR_UNFAMILIAR_STYLE, module.y_name.value),
+    )
+
+
 def size_reliable(result):
     """False when the automatic size estimate measured too few nuclei."""
     return result.size_estimate is None or bool(result.size_estimate.reliable)
@@ -167,6 +197,16 @@ def stage_times(seconds):
     """'size estimate 0.31 s, Mask R-CNN 0.84 s, ...' of a result's stage_seconds."""
     return ", ".join("%s %.2f s" % (STAGE_NAMES[k], seconds[k]) for k in STAGE_NAMES
                      if k in seconds)
+
+
+def style_text(result):
+    """The display's style-distance cell: the value and the model's threshold."""
+    if result.style_distance is None:
+        return "- (the model stores no style reference)"
+    text = "%.2f (threshold %.2f)" % (result.style_distance, result.style_threshold)
+    if result.unfamiliar_style:
+        text += ": unlike the trained styles, consider TrainStyleAdaptation"
+    return text
 
 
 def summary_statistics(result, labels, count, diameter):
@@ -191,6 +231,7 @@ def summary_statistics(result, labels, count, diameter):
                                   result.speed),
         ],
         ["Median confidence", "%.2f" % float(numpy.median(scores)) if len(scores) else "-"],
+        ["Style distance", style_text(result)],
         ["Time", "%.2f s (%s)" % (result.seconds, stage_times(result.stage_seconds))],
     ] + ([["Degenerate image", result.degenerate]] if result.degenerate else []) + [
         ["Discarded: %s" % what, "%d" % n]

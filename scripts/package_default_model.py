@@ -3,13 +3,15 @@
     python scripts/package_default_model.py [--main runs/main-s1/best.safetensors] \
         [--preseg runs/preseg-s1/best.safetensors] [--unet runs/unet-s1/best.safetensors] \
         [--postprocess-from runs/tuned-default/model.json] \
-        [--speed-from bench/results/working_size.json] [--out nucleaizer_backend/weights/default]
+        [--speed-from bench/results/working_size.json] \
+        [--style-reference-from ../shared/data/dsb2018/train] [--out nucleaizer_backend/weights/default]
 
 Copies the network files given (already fp16 safetensors with their metadata; a network not
 given keeps its current file and record), writes model.json (what the model is, what it was
 trained on, how, its validation scores from each network's own metadata and its run's log,
 the post-processing parameters and the speeds: the fast speed's working diameter and the
-default speed chosen by bench/working_size.py) and keeps each run's config.json, log.jsonl and
+default speed chosen by bench/working_size.py, and the style reference of the training
+images that the style distance is measured against, style.distance) and keeps each run's config.json, log.jsonl and
 curve.png under docs/training/<run>/ so the training can be read later.
 """
 import argparse
@@ -90,6 +92,9 @@ def main():
     ap.add_argument("--speed-from", help="bench/results/working_size.json whose choice of the "
                     "fast speed's working diameter and of the default speed to store "
                     "(default: keep the current ones)")
+    ap.add_argument("--style-reference-from", help="training data folder whose images' styles "
+                    "the style distance is measured against (default: keep the current "
+                    "reference)")
     ap.add_argument("--out", default=str(DEFAULT_MODEL_DIR))
     ap.add_argument("--note", help="free text kept in model.json")
     ap.add_argument("--docs", default=str(ROOT / "docs" / "training"),
@@ -138,6 +143,15 @@ def main():
         else old.get("speed")
     if speed:
         info["speed"] = speed
+    if args.style_reference_from:
+        from nucleaizer_backend.style.distance import reference_from_folder
+
+        made_from = (f"the {Path(args.style_reference_from).name} images the networks were "
+                     "trained on")
+        info["style_reference"] = reference_from_folder(args.style_reference_from,
+                                                        made_from).to_dict()
+    elif old.get("style_reference"):
+        info["style_reference"] = old["style_reference"]
     info["note"] = args.note if args.note is not None else old.get("note", "")
     (out / INFO_FILE).write_text(json.dumps(info, indent=1))
     print(f"default model written to {out}")

@@ -50,6 +50,8 @@ from .inputs import (default_replay_dir, find_base_model, read_annotations,  # n
 from .progress import ProgressLog
 from .jobs import (JOB_FILE, ROUNDS_FILE, WORK_DIR, WorkFolder, check_out, check_rounds_out,
                    job_record, run_stages, write_json)
+
+PROGRESS_FILE = "progress.log"  # in work/: each stage's progress lines, time-stamped
 from .result import AdaptResult, round_result
 from .sheet import style_sheet  # noqa: F401 (re-exported)
 from .stages import Context, job_stages
@@ -149,11 +151,30 @@ def _adapt_round(images, out, annotations, cfg, progress):
     if check_out(work, job, base.folder):
         write_json(work.dir / JOB_FILE, job)
 
+    file_log = ProgressLog(emit=progress_file(work.dir / PROGRESS_FILE), bar=False)
+
     def report(stage, done, total, info):
         if progress:
             progress(stage, done, total, info)
+        file_log(stage, done, total, info)
 
     ctx = Context(work, targets, annotated, settings, base, report)
     seconds = {}
-    _, resumed = run_stages(work, job_stages(ctx, seconds), report, seconds)
+    try:
+        _, resumed = run_stages(work, job_stages(ctx, seconds), report, seconds)
+    finally:
+        file_log.close()
     return round_result(work, targets, seconds, resumed)
+
+
+def progress_file(path):
+    """``emit(line)`` appending time-stamped lines to the text file ``path``, so that an
+    adaptation run without a terminal (a cluster job, the CellProfiler GUI) can be followed
+    with any viewer (``tail -f``)."""
+    import time
+
+    def emit(line):
+        with open(path, "a") as f:
+            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
+
+    return emit

@@ -55,7 +55,7 @@ SETTING_STAGE = {
     "base_model": "masks", "masks_from": "masks", "min_reliable_share": "cluster",
     "min_cluster_size": "cluster", "max_clusters": "cluster", "max_merge_distance": "cluster",
     "preset": "styles", "style_steps": "styles", "style_lr": "styles", "style_crop": "styles",
-    "style_architecture": "styles", "style_checkpoint_every": "styles",
+    "style_architecture": "styles", "style_checkpoint_every": "styles", "style_init": "styles",
     "synthetic_per_cluster": "synthesize", "real_fraction": "synthesize",
     "max_synthetic_side": "synthesize",
     "synthetic_share": "finetune", "finetune_steps": "finetune", "finetune_lr": "finetune",
@@ -136,6 +136,7 @@ class AdaptConfig:
     style_crop: int = 256
     style_architecture: dict = None
     style_checkpoint_every: int = None
+    style_init: str = None
     masks_from: str = "preseg"
     min_reliable_share: float = 0.5
     iterations: int = 1
@@ -178,6 +179,8 @@ class AdaptConfig:
             raise NucleaizerError(f"real_fraction must be within 0-1 (got {s['real_fraction']})")
         if s["replay_data"] is not None:
             s["replay_data"] = str(Path(s["replay_data"]).expanduser().resolve())
+        if s["style_init"] is not None and str(s["style_init"]).lower() != "none":
+            s["style_init"] = str(Path(s["style_init"]).expanduser().resolve())
         if s["replay_styles"] is not None:
             s["replay_styles"] = list(s["replay_styles"])
         return Settings(**_typed(s))
@@ -215,6 +218,7 @@ class Settings:
     style_crop: int
     style_architecture: Optional[dict]
     style_checkpoint_every: int
+    style_init: Optional[str]
     masks_from: str
     min_reliable_share: float
     iterations: int

@@ -66,7 +66,9 @@ def steps_for(n_images, preset="quick"):
 @dataclass
 class StyleTrainConfig:
     """One style model's training. ``lr`` and ``lambda_l1`` None: the architecture's
-    (Pix2PixConfig: 2e-4 and 100); ``architecture``: a Pix2PixConfig dict (None: default)."""
+    (Pix2PixConfig: 2e-4 and 100); ``architecture``: a Pix2PixConfig dict (None: default);
+    ``init``: a generator file (style.prior) whose weights the generator starts from, its
+    architecture the same (the discriminator always starts afresh)."""
 
     steps: int = 400
     crop: int = 256
@@ -79,6 +81,7 @@ class StyleTrainConfig:
     threads: int = None  # torch CPU threads (None: torch's default)
     device: str = "auto"  # auto (CUDA when present), cpu or cuda
     architecture: dict = None
+    init: str = None  # generator file to start from (the style prior), None: random
 
     def pix2pix(self):
         return Pix2PixConfig.from_dict(self.architecture)
@@ -178,6 +181,7 @@ def _generator_meta(cfg, p2p, step, n_pairs):
         "pix2pix": p2p.to_dict(),
         "steps": step,
         "pairs": n_pairs,
+        "init": Path(cfg.init).name if cfg.init else None,
         "crop": cfg.crop,
         "batch_size": cfg.batch_size,
         "input": "mask_to_input: foreground, instance boundaries",
@@ -217,6 +221,8 @@ def train_style_model(pairs, out_dir, cfg=None, resume=False, progress=None):
         opt_g.load_state_dict(state["opt_g"])
         opt_d.load_state_dict(state["opt_d"])
         step = int(state["step"])
+    elif cfg.init:
+        start_from(gen, cfg.init)
     p = sampling_probabilities(pairs, cfg.crop)
     run.append_log({"event": "start", "step": step, "pairs": len(pairs),
                     "device": str(device), "time": time.time()})
@@ -268,6 +274,21 @@ def train_style_model(pairs, out_dir, cfg=None, resume=False, progress=None):
     if not (run.dir / GENERATOR_FILE).is_file():  # a resumed run that had no steps left
         save_network(gen, run.dir / GENERATOR_FILE, _generator_meta(cfg, p2p, step, len(pairs)))
     return run.dir
+
+
+def start_from(generator, path):
+    """Load the weights of the generator file ``path`` into ``generator``; ModelFileError
+    (one line) when its architecture differs."""
+    from ..errors import ModelFileError
+
+    prior, meta = load_network_of_kind(path, "pix2pix", next(generator.parameters()).device)
+    try:
+        generator.load_state_dict(prior.state_dict())
+    except RuntimeError:
+        raise ModelFileError(f"{path}: its generator architecture "
+                             f"{meta.get('pix2pix', {}).get('generator')} differs from the "
+                             "style models' (style_architecture)") from None
+    return generator
 
 
 def load_style_model(path, device="cpu"):

@@ -1,6 +1,7 @@
 """The style sheet of an adaptation round (``style_sheet.png``, one row per style): up to 3
 real target images, 3 synthetic images and the same synthetic images with their masks'
-outlines, centre crops at native scale so that nucleus sizes compare directly."""
+outlines, centre crops at native scale so that nucleus sizes compare directly; under the
+synthetic images, their nuclei's statistics against the style's (style.masks.compare_nuclei)."""
 from pathlib import Path
 
 import numpy as np
@@ -41,8 +42,13 @@ def style_sheet(work, targets, path):
     from ..imageio_utils import read_image
     from .pix2pix_train import raw_image_to_unit
 
+    from .masks import comparison_line
+
     by_name = {t.name: t for t in targets}
     styles = work.done("cluster")["styles"]
+    compared = {p["style"]: p["target_vs_synthetic"]
+                for p in (work.done("synthesize") or {}).get("per_style", [])
+                if "target_vs_synthetic" in p}
     synth_dir = work.dir / "synthetic"
     n = SHEET_COLUMNS
     fig, axes = plt.subplots(len(styles), 3 * n, figsize=(3 * n * 1.6, len(styles) * 1.75 + 0.4),
@@ -70,6 +76,9 @@ def style_sheet(work, targets, path):
                   if st["learned"] else "skipped: " + st["skip_reason"])
         # the label runs along the row's height: wrap it to that (about 26 characters)
         label = f"style {k}, {st['size']} image{'s' if st['size'] != 1 else ''}\n{status}"
+        if k in compared:  # under the synthetic images: their nuclei against the style's
+            axes[row][n + n // 2].set_xlabel("target vs synthetic: "
+                                             + comparison_line(compared[k]), fontsize=6)
         axes[row][0].set_ylabel("\n".join(line for part in label.split("\n")
                                            for line in textwrap.wrap(part, 26)), fontsize=7)
     fig.suptitle(f"{work.out.name}: real target images vs synthetic images per style "

@@ -191,7 +191,7 @@ def test_stage_times_and_no_size_estimate_when_the_diameter_is_given(cpu_model, 
     image = read_image(example_images_dir / "images" / "fluo_0e5edb072788.png")
     given = segment_image(image, model=cpu_model, diameter=18)
     estimated = segment_image(image, model=cpu_model)
-    assert set(given.stage_seconds) == {"normalise", "detect", "unet", "postprocess"}
+    assert set(given.stage_seconds) == {"normalise", "detect", "unet", "postprocess", "style"}
     assert set(estimated.stage_seconds) == set(given.stage_seconds) | {"size"}
     for r in (given, estimated):
         assert all(v >= 0 for v in r.stage_seconds.values())

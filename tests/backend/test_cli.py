@@ -24,8 +24,9 @@ PROGRESS_LINE = re.compile(r"^\d\d:\d\d:\d\d \S+ \d+/\d+ ")  # '19:40:01 segment
 
 
 def error_lines(err):
-    """The lines of ``err`` other than progress lines, all one-line errors."""
-    lines = [line for line in err.splitlines() if line.strip() and not PROGRESS_LINE.match(line)]
+    """The lines of ``err`` other than progress lines and warnings, all one-line errors."""
+    lines = [line for line in err.splitlines() if line.strip() and not PROGRESS_LINE.match(line)
+             and not line.startswith("nucleaizer: warning: ")]
     assert "Traceback" not in err
     assert all(line.startswith("nucleaizer: error: ") for line in lines), err
     return lines
@@ -53,6 +54,8 @@ def test_segment_folder_with_bad_files(mixed_folder, example_index, tmp_path, ca
     assert any("broken.png" in line and "not a readable image" in line for line in lines)
     assert any("stack.tif" in line and "3D stack" in line for line in lines)
     assert "5 of 7 images segmented" in cap.out
+    # the bundled H&E image of a style unlike the training images' (test_style_distance)
+    assert "nucleaizer: warning: 1 of 7 images are of a style unlike" in cap.err
 
     rows = {r["image"]: r for r in read_csv(out / "summary.csv")}
     assert set(rows) == {f"{r['id']}.png" for r in example_index} | {"broken.png", "stack.tif"}
@@ -66,6 +69,7 @@ def test_segment_folder_with_bad_files(mixed_folder, example_index, tmp_path, ca
         assert row["error"] == ""
         assert float(row["diameter_px"]) > 0 and float(row["scale"]) > 0
         assert row["size_reliable"] in ("True", "False")
+        assert row["unfamiliar_style"] == str(r["id"] == "he_4d14a3629b6a")
         labels = tifffile.imread(out / f"{r['id']}.tif")
         assert labels.shape == (int(r["height"]), int(r["width"]))
         assert labels.dtype in (np.uint16, np.uint32)
@@ -178,6 +182,8 @@ def test_segment_speed(example_images_dir, tmp_path, capsys):
                          "--diameter", "18", "--speed", speed]) == 0
         rows[speed] = read_csv(tmp_path / speed / "summary.csv")[0]
         assert rows[speed]["speed"] == speed
+        assert float(rows[speed]["style_distance"]) > 0
+        assert rows[speed]["unfamiliar_style"] == "False"
     assert float(rows["accurate"]["scale"]) == pytest.approx(40 / 18, abs=1e-3)
     fast = min(stored_speed()["fast_diameter"], 40.0)
     assert float(rows["fast"]["scale"]) == pytest.approx(max(fast, 18) / 18, abs=1e-3)

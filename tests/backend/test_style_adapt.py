@@ -131,11 +131,21 @@ def test_model_json_metadata(adapted):
     assert a["finetune"]["steps"] == 2 and a["finetune"]["replay_images"] == 48
     assert a["finetune"]["synthetic_images"] == 4
     assert a["finetune"]["final_loss"] > 0
+    base = json.loads((DEFAULT_MODEL_DIR / INFO_FILE).read_text())
     assert [m["steps"] for m in a["style_models"]] == [3, 3]
+    for p in a["synthetic"]["per_style"]:  # synthetic nuclei against the style's
+        c = p["target_vs_synthetic"]
+        assert 0 <= c["ks_diameters"]["statistic"] <= 1 and c["diameter_q10_50_90"]["target"]
+    assert all("removed_clumps" in m and "removed_irregular" in m for m in a["masks"].values())
+    # the tiny style models have their own architecture: the shipped prior does not fit
+    assert json.loads((out / "work" / "styles.json").read_text())["prior"] is None
+    # the target images' styles now count as trained
+    ref = info["style_reference"]
+    assert ref["images"] == base["style_reference"]["images"] + 5
+    assert len(ref["centres"]) == len(base["style_reference"]["centres"]) + 1
     assert set(a["seconds"]) == set(STAGES)
     assert info["main"]["file"] == MAIN_FILE and info["preseg"]["file"] == PRESEG_FILE
     assert info["trained_nucleus_diameter_px"] == 40.0
-    base = json.loads((DEFAULT_MODEL_DIR / INFO_FILE).read_text())
     assert info.get("postprocess") == base.get("postprocess")  # carried over from the base
     # the contour U-Net is fine-tuned too (3/4 of the 2 steps, rounded), not copied
     assert a["finetune_unet"]["steps"] == 2 and a["finetune_unet"]["final_loss"] > 0
@@ -181,6 +191,12 @@ def test_progress_and_log(adapted):
     log = [json.loads(line) for line in (out / "adapt_log.jsonl").read_text().splitlines()]
     assert [r["stage"] for r in log] == list(STAGES)
     assert all(r["status"] == "done" and r["seconds"] >= 0 for r in log)
+    synthesize = next(r for r in log if r["stage"] == "synthesize")
+    assert set(synthesize["target_vs_synthetic"]) == {"0", "1"}
+    # the same progress, time-stamped, in a file for runs without a terminal
+    lines = (out / "work" / "progress.log").read_text().splitlines()
+    for title in ("nucleus masks", "style models (pix2pix)", "fine-tuning the main network"):
+        assert any(title in line and "(100%)" in line for line in lines), title
 
 
 def test_adaptation_info_of_a_model_folder(adapted, tmp_path):

@@ -251,3 +251,41 @@ def test_masks_mimic_a_real_cluster(example_images_dir):
     assert synthetic.median_diameter == pytest.approx(stats.median_diameter, rel=0.15)
     assert synthetic.density == pytest.approx(stats.density, rel=0.25)
     assert synthetic.touching_fraction == pytest.approx(stats.touching_fraction, abs=0.2)
+
+
+def test_guard_mask_leaves_out_whole_cells_and_clumps():
+    """Ten 12 px nuclei stay; a 50 px blob (a whole cell) and a U-shaped object (solidity
+    about 0.5: two nuclei joined) are left out and counted."""
+    from nucleaizer_backend.style.masks import guard_mask
+
+    lab = np.zeros((200, 200), np.int32)
+    for i in range(10):
+        lab[disk((20 + 40 * (i % 4), 20 + 40 * (i // 4)), 6, shape=lab.shape)] = i + 1
+    lab[disk((150, 150), 25, shape=lab.shape)] = 11
+    lab[100:116, 160:163] = 12  # a U of 3 px strokes in a 16 px box
+    lab[100:116, 173:176] = 12
+    lab[113:116, 160:176] = 12
+    guarded, removed = guard_mask(lab)
+    assert removed == {"size": 1, "solidity": 1}
+    assert set(np.unique(guarded)) == set(range(11))
+    np.testing.assert_array_equal(guarded[lab <= 10], lab[lab <= 10])
+    # too few objects for a median: nothing is called too big
+    assert guard_mask(np.where(lab == 11, 11, np.where(lab == 1, 1, 0)))[1]["size"] == 0
+
+
+def test_compare_nuclei_tells_matching_from_mismatched_sizes():
+    """Synthetic masks of a style's own statistics match its nuclei (small KS statistic,
+    same median); masks of nuclei twice as large do not."""
+    from nucleaizer_backend.style.masks import compare_nuclei, comparison_line
+
+    rng = np.random.default_rng(0)
+    target = stats_like(14, 20 / 1e4, (192, 192))
+    same = measure_nuclei([synthesize_mask(target, rng=rng, real_fraction=0) for _ in range(3)])
+    big = measure_nuclei([synthesize_mask(stats_like(28, 5 / 1e4, (192, 192)), rng=rng,
+                                          real_fraction=0) for _ in range(3)])
+    good, bad = compare_nuclei(target, same), compare_nuclei(target, big)
+    assert good["ks_diameters"]["statistic"] < 0.3 < bad["ks_diameters"]["statistic"]
+    q = good["diameter_q10_50_90"]
+    assert q["synthetic"][1] == pytest.approx(q["target"][1], rel=0.15)
+    assert bad["diameter_q10_50_90"]["synthetic"][1] > 1.6 * q["target"][1]
+    assert "KS" in comparison_line(good)

@@ -275,3 +275,61 @@ def test_load_style_model_rejects_other_networks(tmp_path):
         load_style_model(tmp_path / "unet.safetensors")
     with pytest.raises(ModelFileError):
         load_style_model(tmp_path / "missing")
+
+
+def test_style_model_starts_from_a_prior(trained, tmp_path):
+    """init= loads the prior's generator (a near-zero learning rate keeps its weights), its
+    name is recorded; a prior of another architecture is refused in one line."""
+    run, _ = trained
+    prior = run / GENERATOR_FILE
+    out = train_style_model(style_pairs(2), tmp_path / "from_prior",
+                            tiny_config(steps=1, lr=1e-12, init=str(prior)))
+    started = load_file(str(out / GENERATOR_FILE))
+    for k, v in load_file(str(prior)).items():
+        torch.testing.assert_close(started[k].float(), v.float(), atol=1e-3, rtol=0)
+    assert json.loads((out / "config.json").read_text())["init"] == str(prior)
+    other = dict(TINY, generator=dict(base_channels=4, depth=3))
+    with pytest.raises(ModelFileError, match="architecture"):
+        train_style_model(style_pairs(2), tmp_path / "other",
+                          tiny_config(steps=1, init=str(prior), architecture=other))
+
+
+def test_prior_is_trained_on_a_folder_and_resolved(tmp_path, example_images_dir):
+    """train_style_prior learns from every pair of a training folder (or some styles of its
+    index.csv); resolve_prior: None -> the shipped prior, 'none' -> scratch, files checked."""
+    from nucleaizer_backend.style.prior import prior_pairs, resolve_prior, shipped_prior, \
+        train_style_prior
+
+    assert len(prior_pairs(example_images_dir)) == 5
+    assert len(prior_pairs(example_images_dir, styles=["he"])) == 2
+    run = train_style_prior(example_images_dir, tmp_path / "prior",
+                            tiny_config(steps=2, crop=32), styles=["fluo"])
+    assert json.loads((run / "log.jsonl").read_text().splitlines()[0])["pairs"] == 3
+    assert resolve_prior(str(run)) == (run / GENERATOR_FILE).resolve()
+    assert resolve_prior("none") is None and resolve_prior("NONE") is None
+    assert resolve_prior(None) == shipped_prior()
+    with pytest.raises(ModelFileError, match="style prior not found"):
+        resolve_prior(str(tmp_path / "missing.safetensors"))
+    from nucleaizer_backend.models.io import DEFAULT_MODEL_DIR
+
+    with pytest.raises(ModelFileError, match="not a pix2pix generator"):
+        resolve_prior(str(DEFAULT_MODEL_DIR / "main.safetensors"))
+
+
+def test_realism_kid_ranks_styles(cpu_model, example_images_dir):
+    """KID on the detector's features: two crop samples of the same images score near 0,
+    fluorescence against H&E far above; on random features, samples of one distribution score
+    near 0 and a shifted one far above."""
+    from nucleaizer_backend.imageio_utils import read_image
+    from nucleaizer_backend.style.realism import kid, kid_floor, realism
+
+    images = {p.stem: read_image(p) for p in sorted((example_images_dir / "images").glob("*"))}
+    fluo = [v for k, v in images.items() if k.startswith("fluo")]
+    he = [v for k, v in images.items() if k.startswith("he")]
+    floor, _ = kid_floor(cpu_model.main, fluo, n_crops=60)
+    apart, _ = realism(cpu_model.main, fluo, he, n_crops=60)
+    assert abs(floor) < 2.0 and apart > 5.0 + 3 * abs(floor)
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(400, 8)), rng.normal(size=(400, 8))
+    same, shifted = kid(x, y, rng)[0], kid(x, y + 1.0, rng)[0]
+    assert abs(same) < 0.1 < 1.0 < shifted

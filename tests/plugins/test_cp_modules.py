@@ -174,6 +174,8 @@ def test_measurement_categories_and_names(cp):
         "ScaleClamped",
         "SizeReliable",
         "DegenerateImage",
+        "StyleDistance",
+        "UnfamiliarStyle",
     }
     assert module.get_measurement_objects(pipeline, "Image", "Nucleaizer", "Diameter") == ["Nuclei"]
     assert module.get_measurement_objects(

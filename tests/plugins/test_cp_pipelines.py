@@ -128,6 +128,11 @@ def test_segment_and_measure_tables(segment_and_measure):
             assert float(r["Nucleaizer_%s_Nuclei" % feature]) > 0
         assert r["Nucleaizer_ScaleClamped_Nuclei"] in ("0", "1")
         assert r["Nucleaizer_SizeReliable_Nuclei"] in ("0", "1")
+        # the style distance to the shipped model's training images: of the bundled images
+        # only this H&E one lies beyond its threshold (BENCHMARKS.md, "Style distance")
+        assert float(r["Nucleaizer_StyleDistance_Nuclei"]) > 0
+        unfamiliar = Path(r["FileName_Original"]).stem == "he_4d14a3629b6a"
+        assert r["Nucleaizer_UnfamiliarStyle_Nuclei"] == str(int(unfamiliar))
         scale = float(r["Nucleaizer_Scale_Nuclei"])
         if r["Nucleaizer_ScaleClamped_Nuclei"] == "0":
             assert scale == pytest.approx(40.0 / float(r["Nucleaizer_Diameter_Nuclei"]), rel=1e-6)

@@ -1,7 +1,9 @@
 """Stage a, masks: a nucleus mask per target image, ``work/masks/<image>.tif`` (+ a .json
 record each): the user's annotation where given (GTstyle), else the base model's preseg
-nuclei (AUTOstyle; or its full segmentation with ``masks_from="model"``). An automatic mask is
-*reliable* when it holds at least size.MIN_NUCLEI nuclei."""
+nuclei (AUTOstyle; or its full segmentation with ``masks_from="model"``). Automatic masks are
+guarded (style.masks.guard_mask): objects far larger than the image's typical nucleus or of low
+solidity (whole cells, clumps) are left out, counted in the image's record. An automatic mask
+is *reliable* when it then holds at least size.MIN_NUCLEI nuclei."""
 import json
 
 import numpy as np
@@ -44,6 +46,7 @@ def read_mask(work, target):
 def run(ctx):
     from ...imageio_utils import write_labels
     from ...labels import equivalent_diameters
+    from ..masks import guard_mask
 
     targets, report = ctx.targets, ctx.report
     mask_dir = ctx.work.dir / "masks"
@@ -58,6 +61,9 @@ def run(ctx):
                 labels, rec = ctx.annotations[t.name], {"source": "GT"}
             else:
                 labels, rec = auto_mask(t.read(), ctx.settings, ctx.settings.base_model)
+                labels, removed = guard_mask(labels)
+                rec.update(removed_clumps=removed["size"],
+                           removed_irregular=removed["solidity"])
             d = equivalent_diameters(labels)
             rec.update(nuclei=int(len(d)),
                        median_diameter_px=float(np.median(d)) if len(d) else None)
@@ -79,4 +85,6 @@ def run(ctx):
 def summary(record):
     images = record["images"].values()
     return {"images": len(images), "annotated": sum(r["source"] == "GT" for r in images),
-            "nuclei": sum(r["nuclei"] for r in images)}
+            "nuclei": sum(r["nuclei"] for r in images),
+            "left_out": sum(r.get("removed_clumps", 0) + r.get("removed_irregular", 0)
+                            for r in images)}

@@ -109,9 +109,20 @@ def run(ctx, seconds):
                                                    if k != "architecture"}}
     if info.get("postprocess"):
         new_info["postprocess"] = info["postprocess"]
+    if info.get("style_reference"):
+        new_info["style_reference"] = adapted_reference(info["style_reference"], ctx.targets)
     write_json(out / INFO_FILE, new_info)
     report("package", 3, 3, {})
     return {"model_dir": str(out)}
+
+
+def adapted_reference(base_reference, targets):
+    """The base model's style reference (model.json entry) with the target images' styles
+    added (style.distance.extend_reference): after adaptation they count as trained."""
+    from ..distance import StyleReference, extend_reference, image_style_features
+
+    features = [image_style_features(t.read()) for t in targets]
+    return extend_reference(StyleReference.from_dict(base_reference), features).to_dict()
 
 
 def record_seconds(ctx, seconds):

@@ -1,6 +1,7 @@
 """Stage c, styles: one pix2pix per learned style (style.pix2pix_train) on the (mask, raw
 image) pairs of its images with reliable masks, ``steps_for(n_images, preset)`` steps (or
-``style_steps``); ``work/styles/style_NN/``, each resumable from its checkpoint."""
+``style_steps``), its generator starting from the style prior (style.prior; ``style_init``);
+``work/styles/style_NN/``, each resumable from its checkpoint."""
 import numpy as np
 
 from .masks import read_mask
@@ -28,11 +29,13 @@ def run(ctx):
     from ...train.runs import read_run_log
     from ..pix2pix_train import GENERATOR_FILE, StyleTrainConfig, raw_image_to_unit, \
         train_style_model
+    from ..prior import resolve_prior
 
     work, s, report = ctx.work, ctx.settings, ctx.report
     learned = [st for st in work.done("cluster")["styles"] if st["learned"]]
     plan = [(st, style_steps(s, len(mask_images(st)))) for st in learned]
     total, before, runs = sum(n for _, n in plan), 0, []
+    prior = resolve_prior(s.style_init, s.style_architecture)
     for st, steps in plan:
         k, run_dir = st["style"], style_dir(work, st["style"])
         gen = run_dir / GENERATOR_FILE
@@ -44,7 +47,8 @@ def run(ctx):
                                    seed=s.seed + k,
                                    threads=s.threads, device=s.device,
                                    architecture=s.style_architecture,
-                                   checkpoint_every=s.style_checkpoint_every)
+                                   checkpoint_every=s.style_checkpoint_every,
+                                   init=str(prior) if prior else None)
 
             def progress(step, n, info, k=k, offset=before):
                 report("styles", offset + step, total, {"style": k, **info})
@@ -57,7 +61,7 @@ def run(ctx):
                      "final_loss_g_l1": log[-1]["loss_g_l1"] if log else None,
                      "sec_per_step": float(np.mean([r["sec_per_step"] for r in log]))
                      if log else None})
-    return {"styles": runs, "total_steps": total}
+    return {"styles": runs, "total_steps": total, "prior": str(prior) if prior else None}
 
 
 def summary(record):

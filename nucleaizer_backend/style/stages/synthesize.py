@@ -2,7 +2,10 @@
 (style.masks), N new masks composed (half real shapes from the shipped shape database, half
 perturbed ellipses) at the style's typical image size (at most ``max_synthetic_side`` px a
 side) and rendered by the style's generator: ``work/synthetic/images/*.png`` (uint8 RGB) +
-``labels/*.tif``, pair by pair (a resumed run keeps the pairs already made)."""
+``labels/*.tif``, pair by pair (a resumed run keeps the pairs already made). Each style's
+synthetic nuclei are then compared with its masks' (style.masks.compare_nuclei: diameter
+quantiles, Kolmogorov-Smirnov tests, density, spacing), in the record, the log and the
+style sheet."""
 import numpy as np
 
 from ...errors import NucleaizerError
@@ -22,7 +25,8 @@ def run(ctx):
 
     from ...device import resolve_device
     from ...imageio_utils import write_labels
-    from ..masks import measure_nuclei, synthesize_mask
+    from ...imageio_utils import read_image
+    from ..masks import compare_nuclei, comparison_line, measure_nuclei, synthesize_mask
     from ..pix2pix_train import generate, load_style_model
     from ..shapes import default_shape_db
 
@@ -59,7 +63,13 @@ def run(ctx):
                     made += 1
             done += 1
             report("synthesize", done, total, {"style": k, "image": stem})
+        made_masks = [np.asarray(read_image(p)) for p in
+                      sorted(lab_dir.glob(f"style{k:02d}_*.tif"))]
+        comparison = compare_nuclei(stats, measure_nuclei(made_masks))
+        report("synthesize", done, total, {"style": k, "target_vs_synthetic":
+                                           comparison_line(comparison)})
         per_style.append({"style": k, "pairs": made, "shape": list(shape),
+                          "target_vs_synthetic": comparison,
                           "nuclei_per_1e4px": stats.density * 1e4,
                           "median_diameter_px": float(np.median(stats.diameters))
                           if len(stats.diameters) else None,
@@ -73,4 +83,8 @@ def run(ctx):
 
 
 def summary(record):
-    return {"pairs": record["count"]}
+    from ..masks import comparison_line
+
+    return {"pairs": record["count"],
+            "target_vs_synthetic": {p["style"]: comparison_line(p["target_vs_synthetic"])
+                                    for p in record["per_style"] if "target_vs_synthetic" in p}}
