@@ -286,8 +286,7 @@ def train_prior(args):
     try:
         run = train_style_prior(args.data, args.out, cfg,
                                 styles=args.styles.split(",") if args.styles else None,
-                                resume=args.resume,
-                                progress=lambda step, total, info: bar(step, total, info))
+                                resume=args.resume, progress=bar)
     except FileExistsError as e:
         raise NucleaizerError(str(e)) from None
     bar.close()

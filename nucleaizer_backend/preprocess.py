@@ -19,6 +19,14 @@ HIGH_PERCENTILE = 99.8
 BRIGHT_BACKGROUND = 0.5
 
 
+def channels_last(a):
+    """``a`` with a leading channel axis (C, H, W), C <= 4, moved last; other arrays as
+    they are (dtype kept)."""
+    if a.ndim == 3 and a.shape[-1] > 4 and a.shape[0] <= 4:
+        return np.moveaxis(a, 0, -1)
+    return a
+
+
 def to_hwc(image):
     """Return ``image`` as a float32 (H, W, 3) array; raise InputImageError for non-2D input."""
     a = np.asarray(image)
@@ -26,9 +34,7 @@ def to_hwc(image):
         a = a.astype(np.uint8)
     if not (np.issubdtype(a.dtype, np.number)):
         raise InputImageError(f"image has unsupported data type {a.dtype}")
-    a = np.squeeze(a) if a.ndim > 3 else a
-    if a.ndim == 3 and a.shape[-1] > 4 and a.shape[0] <= 4:
-        a = np.moveaxis(a, 0, -1)
+    a = channels_last(np.squeeze(a) if a.ndim > 3 else a)
     if a.ndim == 3 and a.shape[-1] > 4:
         raise InputImageError(
             f"image of shape {a.shape} looks like a 3D stack; nucleAIzer segments 2D images "

@@ -21,8 +21,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ..errors import ModelFileError
-from .cluster import colour_features, intensity_features, kmeans, standardise, \
-    texture_features
+from .cluster import _sq_distances, colour_features, intensity_features, kmeans, \
+    standardise, texture_features
 
 FEATURES = [
     "red_mean", "green_mean", "blue_mean", "red_std", "green_std", "blue_std",
@@ -48,12 +48,9 @@ def image_style_features(raw):
     """(len(FEATURES),) float64 style features of one image as read ((H, W) or (H, W, C),
     any dtype), measured on its centre SAMPLE_SIDE px crop (colour on every other pixel);
     about 0.05 s per image on one CPU thread."""
-    from ..preprocess import normalize_image
+    from ..preprocess import channels_last, normalize_image
 
-    raw = np.asarray(raw)
-    if raw.ndim == 3 and raw.shape[-1] > 4 and raw.shape[0] <= 4:  # (C, H, W)
-        raw = np.moveaxis(raw, 0, -1)
-    raw = centre_crop(raw)
+    raw = centre_crop(channels_last(np.asarray(raw)))
     gray = np.asarray(normalize_image(raw), np.float32).mean(axis=-1)
     return np.asarray(colour_features(raw[::2, ::2]) + intensity_features(gray)
                       + texture_features(gray), np.float64)
@@ -80,7 +77,7 @@ class StyleReference:
         """Style distance of (F,) or (N, F) features: float or (N,) standardised units."""
         x = np.asarray(features, np.float64)
         z = (np.where(np.isfinite(x), x, self.mean) - self.mean) / self.scale
-        d = np.sqrt(((np.atleast_2d(z)[:, None, :] - self.centres[None]) ** 2).sum(-1)).min(1)
+        d = nearest_centre_distance(np.atleast_2d(z), self.centres)
         return float(d[0]) if x.ndim == 1 else d
 
     def to_dict(self):
@@ -105,6 +102,11 @@ class StyleReference:
         return ref
 
 
+def nearest_centre_distance(z, centres):
+    """(N,) Euclidean distance of each row of (N, F) ``z`` to the nearest of (K, F) centres."""
+    return np.sqrt(_sq_distances(z, centres).min(1))
+
+
 def _centres(z, k, seed):
     k = int(min(k, len(z)))
     return kmeans(z, k, seed=seed)[1] if k > 1 else z.mean(0, keepdims=True)
@@ -118,7 +120,7 @@ def fit_reference(features, made_from="", k=REFERENCE_CENTRES, seed=0):
     held = np.zeros(len(z))
     for f in range(FOLDS):
         centres = _centres(z[folds != f], k, seed)
-        held[folds == f] = np.sqrt(((z[folds == f, None] - centres[None]) ** 2).sum(-1)).min(1)
+        held[folds == f] = nearest_centre_distance(z[folds == f], centres)
     threshold = float(np.quantile(held, THRESHOLD_QUANTILE) * THRESHOLD_MARGIN)
     return StyleReference(mean, scale, _centres(z, k, seed), threshold, len(z), made_from)
 

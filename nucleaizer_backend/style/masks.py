@@ -101,7 +101,7 @@ def guard_mask(labels):
     {"size": n left out, "solidity": n left out})."""
     labels = np.asarray(labels).astype(np.int32)
     regions = regionprops(labels)
-    d = np.sqrt(4.0 * np.array([r.area for r in regions], float) / np.pi)
+    d = equivalent_diameters(labels)  # by id, as regionprops orders the regions
     too_big = set()
     if len(d) >= GUARD_MIN_NUCLEI:
         limit = CLUMP_DIAMETER_RATIO * np.median(d)
